@@ -53,7 +53,7 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float):
 @pytest.mark.parametrize("floor", [0.0, 1e-7, 0.05])
 def test_values_and_gradients_match_loop_reference(style, anchor, gamma, lam, floor):
     gen = torch.Generator().manual_seed(hash((style, anchor, gamma, lam, floor)) % 2**31)
-    batch, horizon = 5, 97  # 97: several chunks of the chunked scan, a ragged tail
+    batch, horizon = 5, 61  # 61: four chunks of the chunked scan, a ragged tail
     mask = ragged_mask(batch, horizon, gen)
     x = torch.randn(batch, horizon, generator=gen, requires_grad=True)
     z = lambda_trace(x, mask, gamma=gamma, lam=lam, style=style, anchor=anchor, floor=floor)
@@ -73,9 +73,9 @@ def test_values_and_gradients_match_loop_reference(style, anchor, gamma, lam, fl
 @pytest.mark.parametrize("style,anchor", list(itertools.product(STYLES, ANCHORS)))
 def test_long_sequences_match_reference(style, anchor):
     gen = torch.Generator().manual_seed(7)
-    batch, horizon = 2, 700
+    batch, horizon = 2, 520
     mask = torch.ones(batch, horizon, dtype=torch.bool)
-    mask[1, 450:] = False
+    mask[1, 333:] = False
     x = torch.randn(batch, horizon, generator=gen) * 0.1
     z = lambda_trace(x, mask, gamma=1.0, lam=0.99, style=style, anchor=anchor, floor=1e-7)
     z_ref = torch.einsum("btk,bk->bt", ref_matrix(mask, 0.99, style, anchor, 1e-7), x.double())
