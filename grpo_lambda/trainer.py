@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -43,20 +44,6 @@ def loss_config(cfg: Config) -> LossConfig:
                       kl_coef=a.kl_coef, entropy_coef=a.entropy_coef, loss_agg=a.loss_agg)  # fmt: skip
 
 
-def learner_config(cfg: Config) -> LearnerConfig:
-    ln, m = cfg.learner, cfg.model
-    return LearnerConfig(
-        zero_stage=ln.zero_stage, dtype="bf16" if m.dtype == "bfloat16" else "fp32",
-        mini_batch_samples=ln.mini_batch_samples, micro_batch_samples=ln.micro_batch_samples,
-        logp_micro_batch_samples=ln.logp_micro_batch_samples, optimizer=ln.optimizer, lr=ln.lr,
-        weight_decay=ln.weight_decay, adam_betas=tuple(ln.betas), adam_eps=ln.adam_eps, lr_schedule=ln.lr_schedule,
-        lr_warmup_steps=ln.warmup_steps, grad_clip=ln.grad_clip or 0.0,
-        gradient_checkpointing=m.gradient_checkpointing, temperature=cfg.rollout.temperature, seed=cfg.trainer.seed,
-        lora_rank=m.lora.rank, lora_alpha=m.lora.alpha, lora_dropout=m.lora.dropout,
-        lora_target_modules=tuple(m.lora.target_modules),
-    )  # fmt: skip
-
-
 def init_ray(cfg: Config) -> None:
     """Join `cluster.address` or start a local Ray sized for this run's actors (logical CPUs may exceed cores)."""
     import ray
@@ -81,7 +68,12 @@ def build_rollout_workers(cfg: Config, model_path: str, gpus: float) -> list:
     import ray
 
     r = cfg.rollout
-    actor_cls = make_rollout_worker_cls(num_cpus=1, num_gpus=gpus, extra_env=cfg.cluster.env_vars)
+    env = dict(cfg.cluster.env_vars)
+    if gpus == 0 and not cfg.cluster.address:
+        # Rollout and learning take turns on a local CPU machine: the engine may use every core while it runs
+        # (Ray would otherwise pin it to OMP_NUM_THREADS=1, its 1-CPU reservation).
+        env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    actor_cls = make_rollout_worker_cls(num_cpus=1, num_gpus=gpus, extra_env=env)
     dtype = cfg.model.dtype if r.dtype == "auto" else r.dtype
     workers = [
         actor_cls.remote(model_path, dtype=dtype, seed=cfg.trainer.seed + i,
@@ -134,7 +126,7 @@ class Trainer:
         self.verifier = VerifierPool(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
                                      use_ray=True, num_cpus_per_worker=0.5)  # fmt: skip
         self.workers = build_rollout_workers(cfg, self.model_path, gpus)
-        self.learner = LearnerGroup(cfg.learner.world_size, self.model_path, learner_config(cfg),
+        self.learner = LearnerGroup(cfg.learner.world_size, self.model_path, LearnerConfig.from_run_config(cfg),
                                     reference=self.loss_cfg.kl_coef > 0, cpus_per_rank=cfg.learner.num_cpus_per_rank,
                                     gpus_per_rank=gpus, backend=None if cfg.learner.backend == "auto" else cfg.learner.backend,
                                     extra_env=cfg.cluster.env_vars)  # fmt: skip
@@ -158,6 +150,11 @@ class Trainer:
         batch = build_batch([s.prompt_ids for s in flat], [s.response_ids for s in flat], adv, pad_token_id=self.pad_id)
         with timer("learn"):
             metrics = self.learner.train_step(batch, self.loss_cfg)
+        if not math.isfinite(metrics["learner/loss"]):
+            raise FloatingPointError(
+                f"step {self.step_num + 1}: learner loss is {metrics['learner/loss']}; stopping before the bad "
+                "weights reach the engines (the last checkpoint is intact: lower learner.lr or check the data)"
+            )
         with timer("sync"):
             self.sync_weights()
         metrics.update(self._rollout_metrics(rollout, flat, adv))

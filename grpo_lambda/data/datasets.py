@@ -1,0 +1,75 @@
+"""Build the training and evaluation rows a run uses, from ``cfg.data`` and ``cfg.reward``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from grpo_lambda.data.arithmetic import generate_arithmetic
+from grpo_lambda.data.jsonl import load_jsonl
+
+if TYPE_CHECKING:
+    from grpo_lambda.config import Config
+
+ARITHMETIC_EVAL_SEED_OFFSET = 1_000_003  # the eval set is drawn with seed + this offset
+
+
+def verifier_for(row: dict[str, Any], cfg: Config) -> str:
+    """The row's own ``verifier``, else ``reward.verifier_by_dataset[row's dataset]``, else ``reward.verifier``."""
+    return row.get("verifier") or cfg.reward.verifier_by_dataset.get(
+        row.get("dataset", ""), cfg.reward.verifier
+    )
+
+
+def _data_path(cfg: Config, name: str) -> Path:
+    from grpo_lambda.config import default_data_dir, resolve_data_file
+
+    return resolve_data_file(name, cfg.data.data_dir or default_data_dir())
+
+
+def _arith(cfg: Config, num_rows: int, seed: int, dataset: str) -> list[dict[str, Any]]:
+    a = cfg.data.arithmetic
+    return generate_arithmetic(
+        num_rows,
+        seed=seed,
+        min_operand=a.min_operand,
+        max_operand=a.max_operand,
+        num_terms=a.num_terms,
+        ops=a.ops,
+        style=a.style,
+        allow_negative=a.allow_negative,
+        verifier=verifier_for({"dataset": "arithmetic"}, cfg),  # train and eval sets alike
+        dataset=dataset,
+    )
+
+
+def build_train_rows(cfg: Config) -> list[dict[str, Any]]:
+    """Training rows (``id, problem, answer, source, dataset, verifier``), in file order, at most data.max_rows."""
+    d = cfg.data
+    if d.source == "arithmetic":
+        rows = _arith(cfg, d.arithmetic.num_rows, d.seed, "arithmetic")
+    else:
+        rows = [row for name in d.train_files for row in load_jsonl(_data_path(cfg, name))]
+        for row in rows:
+            row["verifier"] = verifier_for(row, cfg)
+        seen: set[str] = set()
+        for row in rows:  # ids must be unique across files too (they key rewards and logs)
+            if row["id"] in seen:
+                row["id"] = f"{row['dataset']}/{row['id']}"
+            seen.add(row["id"])
+    return rows[: d.max_rows] if d.max_rows is not None else rows
+
+
+def build_eval_rows(cfg: Config) -> dict[str, list[dict[str, Any]]]:
+    """Eval sets by name (file stem, or ``arithmetic_eval``), each at most eval.max_prompts_per_dataset rows."""
+    d, cap = cfg.data, cfg.eval.max_prompts_per_dataset
+    sets: dict[str, list[dict[str, Any]]] = {}
+    for name in d.eval_files:
+        rows = load_jsonl(_data_path(cfg, name), max_rows=cap)
+        for row in rows:
+            row["verifier"] = verifier_for(row, cfg)
+        sets[Path(name).stem] = rows
+    if d.source == "arithmetic" and d.arithmetic.eval_rows > 0:
+        n = d.arithmetic.eval_rows if cap is None else min(cap, d.arithmetic.eval_rows)
+        sets["arithmetic_eval"] = _arith(cfg, n, d.seed + ARITHMETIC_EVAL_SEED_OFFSET, "arithmetic_eval")
+    return sets

@@ -1,0 +1,133 @@
+"""Prompt templates (a registry keyed by the names used in ``data.prompt_template``) and chat formatting.
+
+A template turns a problem into chat messages; :class:`PromptFormatter` applies the tokenizer's chat template
+once per prompt and keeps the token ids, so the rollout engines receive ids and never re-tokenise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpo_lambda.data.jsonl import DataError
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """``user`` (and optional ``system``) text; ``{problem}`` is replaced literally (LaTeX braces are safe)."""
+
+    name: str
+    user: str
+    system: str | None = None
+
+    def messages(self, problem: str) -> list[dict[str, str]]:
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        return msgs + [{"role": "user", "content": self.user.replace("{problem}", problem)}]
+
+    def plain_text(self, problem: str) -> str:
+        """The prompt for models without a chat template."""
+        user = self.user.replace("{problem}", problem)
+        return f"{self.system}\n\n{user}\n" if self.system else f"{user}\n"
+
+
+BOXED_COT = "Please reason step by step, and put your final answer within \\boxed{}."
+
+PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
+    t.name: t
+    for t in (
+        # Qwen2.5-Math / DeepSeek-R1 style instruction, appended to the problem (the paper's math setup).
+        PromptTemplate("qwen_math", "{problem}\n" + BOXED_COT),
+        # The same instruction as a system prompt (Qwen2.5-Math's own evaluation format).
+        PromptTemplate("qwen_math_system", "{problem}", system=BOXED_COT),
+        # Short instruction for small models (CPU demo).
+        PromptTemplate("boxed_short", "{problem}\nGive the final answer as \\boxed{number}."),
+        # veRL's GSM8K prompt: the answer follows "####".
+        PromptTemplate(
+            "gsm8k", '{problem} Let\'s think step by step and output the final answer after "####".'
+        ),
+        PromptTemplate("plain", "{problem}"),
+    )
+}
+
+
+def get_template(name: str) -> PromptTemplate:
+    if name not in PROMPT_TEMPLATES:
+        raise KeyError(f"unknown prompt template {name!r}; known: {', '.join(PROMPT_TEMPLATES)}")
+    return PROMPT_TEMPLATES[name]
+
+
+@dataclass
+class Prompt:
+    """One formatted prompt: the row's fields plus the text and token ids sent to the engine."""
+
+    id: str
+    problem: str
+    answer: str
+    verifier: str
+    dataset: str
+    text: str
+    token_ids: list[int] = field(repr=False)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], text: str, token_ids: list[int]) -> Prompt:
+        return cls(
+            row["id"],
+            row["problem"],
+            row["answer"],
+            row.get("verifier", ""),
+            row.get("dataset", ""),
+            text,
+            token_ids,
+        )
+
+
+class PromptFormatter:
+    """Applies a template and the tokenizer's chat template (``add_generation_prompt=True``) to rows.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        template: a template name from PROMPT_TEMPLATES.
+        use_chat_template: False for base models: the plain template text is tokenised with special tokens.
+        max_prompt_tokens: rows whose prompt is longer are dropped by :meth:`format_rows` (counted).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        template: str,
+        use_chat_template: bool = True,
+        max_prompt_tokens: int | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.template = get_template(template)
+        self.use_chat_template = use_chat_template
+        self.max_prompt_tokens = max_prompt_tokens
+        if use_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise DataError(
+                f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template: "
+                "set model.use_chat_template=false (base model) or use a tokenizer with one"
+            )
+
+    def render(self, problem: str) -> str:
+        if not self.use_chat_template:
+            return self.template.plain_text(problem)
+        return self.tokenizer.apply_chat_template(
+            self.template.messages(problem), add_generation_prompt=True, tokenize=False
+        )
+
+    def __call__(self, row: dict[str, Any]) -> Prompt:
+        text = self.render(row["problem"])
+        # The chat template already holds any BOS token; plain text gets the tokenizer's special tokens.
+        ids = self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"]
+        return Prompt.from_row(row, text, list(ids))
+
+    def format_rows(self, rows: list[dict[str, Any]]) -> tuple[list[Prompt], list[str]]:
+        """Format every row once; return (prompts, ids of rows dropped for exceeding max_prompt_tokens)."""
+        prompts, dropped = [], []
+        for row in rows:
+            p = self(row)
+            if self.max_prompt_tokens is not None and len(p.token_ids) > self.max_prompt_tokens:
+                dropped.append(p.id)
+            else:
+                prompts.append(p)
+        return prompts, dropped

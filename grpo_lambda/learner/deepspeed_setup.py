@@ -1,0 +1,183 @@
+"""DeepSpeed for the learner: config dict, client optimiser and LR schedule, process-group start-up.
+
+Gradient scaling (why `backward_scale` exists). `grpo_lambda_loss` returns each micro-batch's exact *share* of the
+mini-batch loss (global normalisers), so the mini-batch gradient is the plain SUM of the micro-batch gradients over
+micro-batches and ranks. DeepSpeed 0.19.8 instead
+  (1) divides the loss by gradient_accumulation_steps in `engine.backward` when `scale_wrt_gas=True` (engine.py
+      `backward`: `loss / self.gradient_accumulation_steps()`), and
+  (2) AVERAGES gradients over the data-parallel ranks (stage 0 `allreduce_bucket`: `mul_(1/dp_world_size)`;
+      ZeRO-1/2 `stage_1_and_2.py`: `div_(dp_world_size)`; ZeRO-3 `stage3.py`: `div_(averaging_world_sz)`). The
+      config switch `gradient_allreduce_op: "sum"` is rejected with ZeRO-3 (config.py), so it cannot be the one
+      mechanism for every stage.
+We undo both explicitly: `engine.backward(loss * dp_world_size, scale_wrt_gas=False)`.
+tests/integration/test_learner.py proves it: one mini-batch split over 2 ranks x 2 micro-batches gives, after one
+SGD step, the parameters of a single-process full-batch step (and the same pre-clip gradient norm).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+
+from .config import LearnerConfig
+
+# DeepSpeed's TorchBackend JIT-compiles a shared-memory all-reduce op ("deepspeed_shm_comm") into
+# ~/.cache/torch_extensions/ on first use (30-55 s); a process killed mid-build leaves a `lock` file there and every
+# later init_distributed hangs forever. We SKIP the build: the op is only an optimisation of CPU all-reduce (results
+# are identical with plain gloo). The switch: `comm/torch.py:build_shm_op` returns None when
+# `deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"]` is False; that dict is created once and cached, so edits
+# persist. Set GRPO_LAMBDA_DS_SHM_COMM=1 to let DeepSpeed build and use it.
+SHM_COMM_OP = "deepspeed_shm_comm"
+SHM_COMM_ENV = "GRPO_LAMBDA_DS_SHM_COMM"
+
+
+def backward_scale(dp_world_size: int) -> float:
+    """Factor for `engine.backward(loss * f, scale_wrt_gas=False)` that turns DeepSpeed's DP average into a sum."""
+    return float(dp_world_size)
+
+
+def build_ds_config(
+    cfg: LearnerConfig,
+    world_size: int,
+    *,
+    mini_batch_samples: int | None = None,
+    micro_batch_samples: int | None = None,
+) -> dict:
+    """The DeepSpeed config for training; train_batch_size = micro * gradient_accumulation_steps * world_size.
+
+    No "optimizer"/"scheduler" blocks: the client optimiser (torch AdamW) avoids DeepSpeed's FusedAdam JIT build.
+    """
+    mini = mini_batch_samples or cfg.mini_batch_samples
+    micro = micro_batch_samples or cfg.micro_batch_samples
+    per_rank, rest = divmod(mini, world_size)
+    if rest or per_rank == 0 or per_rank % micro:
+        raise ValueError(
+            f"learner.mini_batch_samples={mini} must be a multiple of world_size ({world_size}) x "
+            f"learner.micro_batch_samples ({micro})"
+        )
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if cfg.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    config = {
+        "train_batch_size": mini,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": per_rank // micro,
+        "gradient_clipping": float(cfg.grad_clip),
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.dtype == "bf16"},
+        "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,
+        # Keep our torch optimiser under offload too (DeepSpeedCPUAdam would need a JIT build).
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+        "checkpoint": {"tag_validation": "FAIL"},
+    }
+    if cfg.dtype == "bf16" and cfg.zero_stage > 0:
+        # Accumulate micro-batch gradients in fp32 (bf16 sums of many small shares lose bits). DeepSpeed 0.19.8
+        # rejects this mix without ZeRO; ZeRO-0 bf16 keeps fp32 master weights but accumulates in bf16.
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    return config
+
+
+def build_inference_ds_config(cfg: LearnerConfig, world_size: int) -> dict:
+    """Config for the frozen reference model under ZeRO-3 (parameters partitioned, no optimiser)."""
+    micro = cfg.logp_micro
+    return {
+        "train_batch_size": micro * world_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "zero_optimization": {"stage": 3},
+        "bf16": {"enabled": cfg.dtype == "bf16"},
+        "steps_per_print": 1 << 30,
+    }
+
+
+def make_optimizer(model: torch.nn.Module, cfg: LearnerConfig) -> torch.optim.Optimizer:
+    """torch AdamW (or plain SGD); weight decay on matrices only, not on biases and norm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay}) if g["params"]
+    ]
+    for g in groups:
+        g.setdefault("weight_decay", 0.0)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+
+
+class LRFactor:
+    """Multiplier of cfg.lr after `step` optimiser steps: 1 (constant) or min(1, (step+1)/warmup) (linear_warmup).
+
+    A callable object rather than a lambda, so LambdaLR can save it in its state_dict.
+    """
+
+    def __init__(self, cfg: LearnerConfig):
+        self.schedule, self.warmup = cfg.lr_schedule, cfg.lr_warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if self.schedule == "linear_warmup" and self.warmup > 0:
+            return min(1.0, (step + 1) / self.warmup)
+        return 1.0
+
+
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: LearnerConfig):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRFactor(cfg))
+
+
+def disable_shm_comm_build() -> bool:
+    """Skip DeepSpeed's shared-memory comm op JIT build (see SHM_COMM_OP above). Returns True if skipped."""
+    if os.environ.get(SHM_COMM_ENV, "0") == "1":
+        return False
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
+    return True
+
+
+def init_distributed(backend: str, timeout_s: float = 600.0) -> None:
+    """Join the process group described by MASTER_ADDR/PORT, RANK, WORLD_SIZE (see distributed.rendezvous)."""
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE") if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"torch.distributed environment {missing} is not set; start learners through LearnerGroup or set them "
+            "from grpo_lambda.distributed.Rendezvous.env(rank)"
+        )
+    import deepspeed
+
+    disable_shm_comm_build()
+    deepspeed.init_distributed(
+        dist_backend=backend,
+        auto_mpi_discovery=False,
+        timeout=timedelta(seconds=timeout_s),
+        dist_init_required=None,
+    )
+
+
+def initialize_engine(model: torch.nn.Module, cfg: LearnerConfig, world_size: int):
+    """deepspeed.initialize with the client optimiser and LR schedule; returns the engine."""
+    import deepspeed
+
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_lr_scheduler(optimizer, cfg)
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=build_ds_config(cfg, world_size)
+    )
+    return engine
+
+
+def initialize_inference_engine(model: torch.nn.Module, cfg: LearnerConfig, world_size: int):
+    """A ZeRO-3 engine around a frozen model (no optimiser), so the reference model is partitioned too."""
+    import deepspeed
+
+    model.requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=model, config=build_inference_ds_config(cfg, world_size))
+    engine.eval()
+    return engine

@@ -1,0 +1,410 @@
+"""One learner rank: a DeepSpeed engine around the policy (and an optional frozen reference model).
+
+`LearnerWorker` is a plain class (usable without Ray at world_size 1); `LearnerActor` is its thin Ray face, adding
+only what a remote process needs (its node id, rank 0's rendezvous address). `LearnerGroup` drives N of them.
+
+One `train_step` takes this rank's shard of a rollout batch: for each mini-batch (one optimiser step), for each
+micro-batch (one forward/backward), the GRPO-λ loss share with the mini-batch's global normalisers, then
+`engine.backward(loss * world_size, scale_wrt_gas=False)` (see deepspeed_setup.py for why).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from grpo_lambda.algorithms import LossConfig, grpo_lambda_loss
+
+from .batch import LearnerBatch, MiniBatchCounts, check_batch_sizes, pad_response_dim, split_batch
+from .config import LearnerConfig
+from .deepspeed_setup import (
+    backward_scale,
+    build_ds_config,
+    init_distributed,
+    initialize_engine,
+    initialize_inference_engine,
+)
+from .model import is_peft_model, load_causal_lm, merged_lora_weights, response_logp
+
+# Reduction of per-rank metrics (see reduce_rank_metrics): summed over ranks, or global (every rank has the value).
+SUMMED_METRICS = ("learner/loss", "learner/num_tokens")
+GLOBAL_METRICS = ("learner/grad_norm", "learner/lr", "learner/num_updates", "learner/updates_total")
+CLIENT_STATE_KEY = "grpo_lambda_learner"
+
+
+class LearnerWorker:
+    """The work of one learner rank (plain class; see module docstring)."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        self.rank, self.world_size = rank, world_size
+        self.engine = None
+        self.ref = None
+        self.cfg: LearnerConfig | None = None
+        self.num_updates = 0
+        self._hf_ds_config = (
+            None  # keeps transformers' ZeRO-3 hook alive (HfDeepSpeedConfig is held by weakref)
+        )
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def init(
+        self,
+        model_path: str,
+        config: LearnerConfig,
+        *,
+        reference: bool = False,
+        env: dict[str, str] | None = None,
+        backend: str | None = None,
+    ) -> dict:
+        """Join the process group, load the policy into a DeepSpeed engine and, if `reference`, the frozen
+        reference model (reference=False when kl_coef == 0: it is never loaded). Returns a short description."""
+        t0 = time.perf_counter()
+        if env:
+            os.environ.update(env)
+        self._default_single_process_env()
+        self.device = self._select_device()
+        from grpo_lambda.distributed.rendezvous import default_backend
+
+        init_distributed(backend or default_backend(self.device.type))
+        self.cfg = config
+        torch.manual_seed(config.seed)
+        if config.zero_stage == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # from_pretrained then builds the model under deepspeed.zero.Init: partitioned as it loads.
+            self._hf_ds_config = HfDeepSpeedConfig(build_ds_config(config, self.world_size))
+        model = load_causal_lm(
+            model_path,
+            dtype=config.dtype,
+            gradient_checkpointing=config.gradient_checkpointing,
+            lora_rank=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            lora_target_modules=config.lora_target_modules,
+        )
+        self.engine = initialize_engine(model, config, self.world_size)
+        if reference:
+            ref = load_causal_lm(config.ref_model_path or model_path, dtype=config.dtype, trainable=False)
+            if config.zero_stage == 3:
+                self.ref = initialize_inference_engine(ref, config, self.world_size)
+            else:
+                self.ref = ref.to(self.device)
+        return {
+            "rank": self.rank,
+            "device": str(self.device),
+            "trainable_params": sum(
+                p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self._trainable()
+            ),
+            "reference": reference,
+            "ld_preload": os.environ.get("LD_PRELOAD", ""),
+            "init_s": time.perf_counter() - t0,
+        }
+
+    def _default_single_process_env(self) -> None:
+        if self.world_size == 1 and "MASTER_ADDR" not in os.environ:
+            from grpo_lambda.distributed.rendezvous import Rendezvous, find_free_port
+
+            os.environ.update(Rendezvous("127.0.0.1", find_free_port(), 1).env(0))
+
+    def _select_device(self) -> torch.device:
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        # Ray gives each actor its own CUDA_VISIBLE_DEVICES: with one visible device it is cuda:0 whatever the
+        # node-local rank, and DeepSpeed picks the device from LOCAL_RANK.
+        local = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.device_count() > 1 else 0
+        os.environ["LOCAL_RANK"] = str(local)
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+
+    def _require_init(self) -> None:
+        if self.engine is None:
+            raise RuntimeError("LearnerWorker.init(model_path, config) must be called first")
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.engine.module.parameters() if p.requires_grad]
+
+    # -------------------------------------------------------------------------------------------- log-probs
+    @torch.no_grad()
+    def compute_logp(self, batch: LearnerBatch, *, reference: bool = False) -> Tensor:
+        """log-probs [B, T] (fp32, CPU) of the response tokens under the current policy (θ_old when called before
+        train_step) or, with reference=True, under the frozen reference model. Runs in micro-batches of
+        cfg.logp_micro; all ranks must call it with equally long shards (ZeRO-3 forwards are collective)."""
+        self._require_init()
+        if reference and self.ref is None:
+            raise RuntimeError(
+                "compute_logp(reference=True): no reference model was loaded (init(reference=True))"
+            )
+        model = self.ref if reference else self.engine
+        if not reference:
+            self.engine.eval()
+        out = []
+        step = self.cfg.logp_micro
+        for start in range(0, len(batch), step):
+            mb = batch.select(slice(start, start + step)).compact().to(self.device)
+            logp, _ = response_logp(model, mb, temperature=self.cfg.temperature)
+            out.append(pad_response_dim(logp.float().cpu(), batch.response_len))
+        return torch.cat(out)
+
+    # --------------------------------------------------------------------------------------------- training
+    def train_step(
+        self,
+        shard: LearnerBatch,
+        loss_cfg: LossConfig,
+        *,
+        mini_batch_samples: int,
+        micro_batch_samples: int,
+        counts: Sequence[MiniBatchCounts],
+    ) -> dict[str, float]:
+        """One optimiser step per mini-batch of this rank's shard (see batch.shard_for_data_parallel), repeated
+        for cfg.epochs_per_batch passes.
+
+        mini_batch_samples: samples per optimiser step over all ranks; micro_batch_samples: per forward on one
+        rank; counts: the global normalisers of each mini-batch (batch.mini_batch_counts, on the driver).
+        shard.old_logp may be None only with a single update (θ_old = θ, so old_logp = logp.detach()).
+        Returns this rank's metrics; combine ranks with reduce_rank_metrics.
+        """
+        self._require_init()
+        t0 = time.perf_counter()
+        check_batch_sizes(
+            len(shard) * self.world_size, mini_batch_samples, micro_batch_samples, self.world_size
+        )
+        minis = split_batch(
+            shard, mini_batch_samples // self.world_size, what="mini_batch_samples / world_size"
+        )
+        if len(counts) != len(minis):
+            raise ValueError(f"got {len(counts)} MiniBatchCounts for {len(minis)} mini-batches")
+        epochs = self.cfg.epochs_per_batch
+        if shard.old_logp is None and len(minis) * epochs > 1:
+            raise ValueError(
+                f"{len(minis)} mini-batches x {epochs} epochs need old_logp from before the first update: compute "
+                "it with compute_logp(batch) first (LearnerGroup.train_step does this for you)"
+            )
+        if loss_cfg.kl_coef > 0 and shard.ref_logp is None:
+            raise ValueError(
+                "kl_coef > 0 needs ref_logp: compute_logp(batch, reference=True) before train_step"
+            )
+        self._set_batch_sizes(mini_batch_samples, micro_batch_samples)
+        entropy_mode = "grad" if loss_cfg.entropy_coef != 0 else "metric"
+        scale = backward_scale(self.world_size)
+        weighted: dict[str, float] = defaultdict(float)
+        loss_total = grad_norm_total = 0.0
+        num_tokens = 0.0
+        lr = self.engine.get_lr()[0]  # the LR of this step's first update
+        self.engine.train()
+        for mini, count in [pair for _ in range(epochs) for pair in zip(minis, counts)]:
+            micros = split_batch(mini, micro_batch_samples)
+            manual_norm = None
+            for i, mb in enumerate(micros):
+                last = i == len(micros) - 1
+                if self.engine.is_gradient_accumulation_boundary() != last:
+                    raise RuntimeError(
+                        f"DeepSpeed's accumulation boundary (gradient_accumulation_steps="
+                        f"{self.engine.gradient_accumulation_steps()}) is out of step with micro-batch "
+                        f"{i + 1}/{len(micros)}: its batch sizes or micro-step counter disagree with this mini-batch "
+                        "(was a previous train_step interrupted?)"
+                    )
+                mb = mb.compact().to(self.device)
+                logp, entropy = response_logp(
+                    self.engine, mb, temperature=self.cfg.temperature, entropy=entropy_mode
+                )
+                old_logp = mb.old_logp if mb.old_logp is not None else logp.detach()
+                loss, metrics = grpo_lambda_loss(
+                    logp,
+                    old_logp,
+                    mb.advantages,
+                    mb.response_mask,
+                    loss_cfg,
+                    ref_logp=mb.ref_logp if loss_cfg.kl_coef > 0 else None,
+                    entropy=entropy,
+                    num_tokens=count.num_tokens,
+                    num_seqs=count.num_seqs,
+                )
+                # The loss is this micro-batch's exact share: undo DeepSpeed's 1/GAS and its average over ranks.
+                self.engine.backward(loss * scale, scale_wrt_gas=False)
+                if last and not hasattr(self.engine.optimizer, "_global_grad_norm"):
+                    manual_norm = self._reduced_grad_norm()  # ZeRO-0 fp32: DeepSpeed does not record the norm
+                self.engine.step()
+                loss_total += float(loss.detach())
+                n = float(metrics.pop("learner/num_tokens"))
+                num_tokens += n
+                for key, value in metrics.items():
+                    weighted[key] += float(value) * n
+            norm = self.engine.get_global_grad_norm() if manual_norm is None else manual_norm
+            grad_norm_total += float(norm) if norm is not None else float("nan")
+            self.num_updates += 1
+        out = {key: value / max(num_tokens, 1.0) for key, value in weighted.items()}
+        updates = len(minis) * epochs
+        out.update(
+            {
+                "learner/loss": loss_total / updates,
+                "learner/num_tokens": num_tokens / epochs,
+                "learner/grad_norm": grad_norm_total / updates,
+                "learner/lr": lr,
+                "learner/num_updates": float(updates),
+                "learner/updates_total": float(self.num_updates),
+                "time/learner_train_s": time.perf_counter() - t0,
+            }
+        )
+        return out
+
+    def _set_batch_sizes(self, mini_batch_samples: int, micro_batch_samples: int) -> None:
+        """Keep DeepSpeed's bookkeeping (gradient_accumulation_steps decides the step boundary) in line."""
+        if self.engine.train_micro_batch_size_per_gpu() != micro_batch_samples:
+            self.engine.set_train_micro_batch_size(micro_batch_samples)
+        if self.engine.train_batch_size() != mini_batch_samples:
+            self.engine.set_train_batch_size(mini_batch_samples)
+
+    def _reduced_grad_norm(self) -> float:
+        """‖g‖₂ of the (already all-reduced) full gradients; used where DeepSpeed keeps no global norm."""
+        grads = [p.grad for p in self._trainable() if p.grad is not None]
+        if not grads:
+            return 0.0
+        return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
+
+    # ------------------------------------------------------------------------------------------- weights out
+    def _full_named_tensors(self, on_this_rank: bool) -> Iterator[tuple[str, Tensor | None]]:
+        """(HF name, full tensor on CPU) for every parameter — tied ones under each of their names — and persistent
+        buffer. Under ZeRO-3 every rank must iterate (the gathers are collective); ranks with on_this_rank=False
+        get None instead of a copy."""
+        module = self.engine.module
+        if is_peft_model(module):
+            merged = merged_lora_weights(module) if on_this_rank else {}
+            yield from (merged.items() if on_this_rank else ())
+            return
+        keys = set(module.state_dict().keys())
+        copies: dict[int, Tensor] = {}
+        for name, param in module.named_parameters(remove_duplicate=False):
+            if id(param) in copies:
+                yield name, copies[id(param)] if on_this_rank else None
+                continue
+            if hasattr(param, "ds_id"):  # ZeRO-3 partitioned: gather the full tensor on every rank
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                    value = param.detach().cpu().clone() if on_this_rank else None
+            else:
+                value = param.detach().cpu().clone() if on_this_rank else None
+            copies[id(param)] = value
+            yield name, value
+        for name, buf in module.named_buffers():
+            if name in keys:
+                yield name, buf.detach().cpu().clone() if on_this_rank else None
+
+    def gather_state_dict(self) -> dict[str, Tensor] | None:
+        """Full HF-named weights (engine dtype, CPU) on rank 0, None elsewhere. All ranks must call it (ZeRO-3).
+
+        Tied embeddings: `lm_head.weight` is included explicitly (inference engines keep their own lm_head)."""
+        self._require_init()
+        out = {name: t for name, t in self._full_named_tensors(on_this_rank=self.rank == 0)}
+        if self.rank != 0:
+            return None
+        model = (
+            self.engine.module.get_base_model() if is_peft_model(self.engine.module) else self.engine.module
+        )
+        tied = getattr(model.config, "tie_word_embeddings", False)
+        if tied and "lm_head.weight" not in out:
+            out["lm_head.weight"] = model.get_input_embeddings().weight.detach().cpu().clone()
+        return out
+
+    def param_checksum(self) -> str:
+        """sha256 over every full parameter (name, dtype, shape, bytes); equal on all ranks iff they agree."""
+        self._require_init()
+        digest = hashlib.sha256()
+        for name, value in sorted(self._full_named_tensors(on_this_rank=True), key=lambda kv: kv[0]):
+            digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+            digest.update(value.contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    # ------------------------------------------------------------------------------------------- checkpoint
+    def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict | None = None) -> str:
+        """DeepSpeed engine checkpoint (model, optimiser, LR schedule) at ckpt_dir/tag, written atomically: into
+        ckpt_dir/tag.tmp, then renamed by rank 0 after every rank finished; then `latest` is replaced.
+        Multi-node: ckpt_dir must be a shared filesystem. All ranks must call it."""
+        import torch.distributed as dist
+
+        self._require_init()
+        root, tmp_tag = Path(ckpt_dir), f"{tag}.tmp"
+        if self.rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(root / tmp_tag, ignore_errors=True)  # leftovers of an interrupted save
+        dist.barrier()
+        state = dict(client_state or {})
+        state[CLIENT_STATE_KEY] = {"num_updates": self.num_updates}
+        self.engine.save_checkpoint(str(root), tag=tmp_tag, client_state=state, save_latest=False)
+        dist.barrier()
+        if self.rank == 0:
+            final, old = root / tag, root / f"{tag}.old"
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.rename(final, old)
+            os.rename(root / tmp_tag, final)
+            shutil.rmtree(old, ignore_errors=True)
+            (root / "latest.tmp").write_text(tag)
+            os.replace(root / "latest.tmp", root / "latest")
+        dist.barrier()
+        return str(root / tag)
+
+    def load_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> dict:
+        """Restore model, optimiser and LR schedule from ckpt_dir/tag (tag None: the one named in `latest`).
+        Returns the client_state passed to save_checkpoint. (DeepSpeed reads its own files with torch.load.)"""
+        self._require_init()
+        root = Path(ckpt_dir)
+        if tag is None:
+            latest = root / "latest"
+            if not latest.is_file():
+                raise FileNotFoundError(
+                    f"{latest} not found: pass tag= or point at a folder written by save_checkpoint"
+                )
+            tag = latest.read_text().strip()
+        if not (root / tag).is_dir():
+            raise FileNotFoundError(f"checkpoint {root / tag} does not exist")
+        path, client_state = self.engine.load_checkpoint(
+            str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint at {root / tag}")
+        client_state = dict(client_state or {})
+        self.num_updates = int(client_state.pop(CLIENT_STATE_KEY, {}).get("num_updates", 0))
+        return client_state
+
+
+def reduce_rank_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Combine the ranks' train_step metrics: loss shares and token counts are summed; global values (grad norm,
+    lr) are taken from rank 0; timings are the slowest rank's; every other metric is a token-weighted mean."""
+    if not per_rank:
+        return {}
+    tokens = [m.get("learner/num_tokens", 1.0) for m in per_rank]
+    total = sum(tokens) or 1.0
+    out = {}
+    for key in per_rank[0]:
+        values = [m[key] for m in per_rank]
+        if key in SUMMED_METRICS:
+            out[key] = sum(values)
+        elif key in GLOBAL_METRICS:
+            out[key] = values[0]
+        elif key.startswith("time/"):
+            out[key] = max(values)
+        else:
+            out[key] = sum(v * n for v, n in zip(values, tokens)) / total
+    return out
+
+
+class LearnerActor(LearnerWorker):
+    """Ray face of LearnerWorker: where it runs and rank 0's rendezvous address; all work is inherited."""
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def master_address(self, single_node: bool) -> tuple[str, int]:
+        from grpo_lambda.distributed.rendezvous import master_address
+
+        return master_address(single_node)

@@ -1,0 +1,261 @@
+"""Config composition (Hydra compose API + dataclass schema) and start-up validation."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+
+from grpo_lambda.config import (
+    CONF_DIR,
+    Config,
+    ConfigError,
+    check_overrides_or_exit,
+    default_data_dir,
+    load_config,
+    to_config,
+    validate,
+)
+
+GROUPS = ["algorithm", "model", "rollout", "learner", "data", "reward", "cluster", "logger", "experiment"]
+# Options that need a user-provided model folder (no hub here) get a stand-in path.
+NEEDS_MODEL_PATH = {"qwen2.5_1.5b_instruct", "r1_distill_qwen_1.5b", "r1_distill_qwen_7b", "paper_qwen1.5b"}
+NO_EVAL = ["data.eval_files=[]", "trainer.eval_every_steps=0", "trainer.eval_before_train=false"]
+HAVE_DATA = default_data_dir().joinpath("math_train.jsonl").is_file()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_default_is_cpu_demo():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.model.path == "smollm2-135m-instruct"
+    assert cfg.data.source == "arithmetic"
+    assert (cfg.learner.zero_stage, cfg.learner.world_size, cfg.rollout.num_workers) == (2, 2, 1)
+    assert cfg.algorithm.policy_loss == "trace" and cfg.algorithm.lam == 0.99
+    assert cfg.samples_per_step == cfg.data.prompts_per_step * cfg.rollout.samples_per_prompt
+    assert cfg.samples_per_step % cfg.learner.mini_batch_samples == 0
+    assert cfg.grad_accum_steps >= 1
+    assert cfg.data.data_dir == str(default_data_dir())
+    assert cfg.run_dir == Path("runs") / "cpu_demo_grpo_lambda"
+
+
+def test_paper_defaults_in_grpo_lambda():
+    a = load_config(["algorithm=grpo_lambda"]).algorithm
+    assert (a.lam, a.gamma, a.trace_style, a.policy_loss) == (0.99, 1.0, "both", "trace")
+    assert (a.neg_adv_clamp, a.kl_estimator, a.kl_coef, a.clip_eps_low, a.clip_eps_high) == (
+        -0.1,
+        "k3",
+        0.001,
+        0.2,
+        0.2,
+    )
+    g = load_config(["algorithm=grpo"]).algorithm
+    assert (g.policy_loss, g.lam, g.trace_style, g.neg_adv_clamp) == ("ppo", 0.0, "recent", None)
+    assert load_config(["algorithm=grpo_lambda_weight"]).algorithm.policy_loss == "weight"
+
+
+def test_overrides_apply_and_group_choice_beats_experiment_preset():
+    cfg = load_config(["algorithm.lam=0.5", "learner=zero3", "rollout.temperature=0.7", "trainer.run_name=x"])
+    assert cfg.algorithm.lam == 0.5
+    assert cfg.learner.zero_stage == 3
+    assert cfg.learner.world_size == 2  # still the preset's value
+    assert cfg.rollout.temperature == 0.7
+    assert cfg.trainer.run_name == "x"
+    # run_name follows the algorithm in the presets
+    assert load_config(["algorithm=grpo"]).trainer.run_name == "cpu_demo_grpo"
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_option_composes_and_validates(group):
+    opts = options(group)
+    assert opts, f"conf/{group} has no options"
+    for opt in opts:
+        overrides = [f"{group}={opt}"]
+        if opt in NEEDS_MODEL_PATH:
+            overrides.append("model.path=/models/stand-in")
+        cfg = load_config(overrides, check_files=False)
+        if group == "learner":
+            assert cfg.learner.zero_stage == int(opt[-1])
+        if group == "experiment" and opt == "cpu_tiny_test":
+            assert cfg.model.path == "tiny" and cfg.trainer.total_steps == 2
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason="shared/data not beside the checkout")
+@pytest.mark.parametrize("data", ["math", "math_12k", "gsm8k"])
+def test_data_files_exist_for_data_options(data):
+    cfg = load_config([f"data={data}"])
+    assert cfg.data.train_files and cfg.data.eval_files
+
+
+def test_model_path_required_for_local_models():
+    with pytest.raises(ConfigError, match=r"model\.path is required.*model\.path="):
+        load_config(["experiment=paper_qwen1.5b"])
+
+
+@pytest.mark.parametrize(
+    "override, key, hint",
+    [
+        ("algorithm.lamda=0.5", "algorithm.lamda", "algorithm.lam"),
+        ("lerner.lr=1e-5", "lerner", "learner"),
+        ("data.arithmetic.max_operant=9", "data.arithmetic.max_operant", "data.arithmetic.max_operand"),
+        ("+rollout.temprature=0.5", "rollout.temprature", "rollout.temperature"),
+    ],
+)
+def test_misspelt_key_names_key_and_suggests(override, key, hint):
+    with pytest.raises(ConfigError) as info:
+        load_config([override])
+    msg = str(info.value)
+    assert f"unknown key '{key}'" in msg
+    assert f"did you mean '{hint}'" in msg
+
+
+def test_misspelt_key_in_a_yaml_file_names_key_and_file(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    bad = conf / "algorithm" / "grpo_lambda.yaml"
+    bad.write_text(bad.read_text() + "trace_stlye: both\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config_dir=conf)
+    msg = str(info.value)
+    assert "algorithm.trace_stlye" in msg and "did you mean 'algorithm.trace_style'" in msg
+    assert "algorithm/grpo_lambda" in msg
+
+
+def test_unknown_group_option_lists_options():
+    with pytest.raises(ConfigError, match=r"learner/zero4.*did you mean 'zero3'.*zero1, zero2, zero3"):
+        load_config(["learner=zero4"])
+
+
+@pytest.fixture(scope="module")
+def base() -> Config:
+    return load_config()
+
+
+def with_value(cfg: Config, dotted: str, value) -> Config:
+    cfg = copy.deepcopy(cfg)
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for part in parents:
+        node = getattr(node, part)
+    setattr(node, leaf, value)
+    return cfg
+
+
+def test_bad_values_from_the_command_line_name_the_key():
+    with pytest.raises(ConfigError, match=r"bad value for algorithm\.lam: Value 'abc'"):
+        load_config(["algorithm.lam=abc"])
+    with pytest.raises(ConfigError, match=r"algorithm\.lam=1\.5 must be in \[0, 1\]"):
+        load_config(["algorithm.lam=1.5"])
+
+
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("algorithm.gamma", 0.0, "algorithm.gamma=0.0 must be in (0, 1]"),
+        ("algorithm.lam", -0.1, "algorithm.lam=-0.1 must be in [0, 1]"),
+        (
+            "algorithm.trace_style",
+            "bothh",
+            "algorithm.trace_style='bothh' is not one of: recent, both, early (did you mean 'both'?)",
+        ),
+        ("algorithm.loss_agg", "token_mean", "did you mean 'token-mean'"),
+        ("algorithm.neg_adv_clamp", 0.1, "algorithm.neg_adv_clamp=0.1 must be <= 0"),
+        ("learner.zero_stage", 4, "learner.zero_stage=4 must be 0, 1, 2 or 3"),
+        ("learner.lr", -1.0, "learner.lr=-1.0 must be > 0"),
+        ("learner.warmup_steps", 10, "learner.warmup_steps=10 needs learner.lr_schedule=linear_warmup"),
+        ("rollout.samples_per_prompt", 1, "rollout.samples_per_prompt=1 must be >= 2"),
+        ("rollout.temperature", 0.0, "rollout.temperature=0.0 must be > 0"),
+        ("model.dtype", "fp16", "model.dtype='fp16' is not one of"),
+        ("reward.verifier", "maths", "did you mean 'math'"),
+        ("logger.wandb.mode", "offlne", "did you mean 'offline'"),
+        ("data.prompt_template", "qwen-math", "did you mean 'qwen_math'"),
+        ("data.arithmetic.ops", ["+", "/"], "data.arithmetic.ops=['+', '/'] must be a non-empty list"),
+        ("trainer.run_name", "a/b", "trainer.run_name='a/b' must be a plain folder name"),
+        ("cluster.placement", "splitt", "did you mean 'split'"),
+    ],
+)
+def test_bad_value_names_key(base, key, value, fragment):
+    with pytest.raises(ConfigError) as info:
+        validate(with_value(base, key, value))
+    assert fragment in str(info.value)
+
+
+def test_validate_accepts_the_base(base):
+    assert validate(copy.deepcopy(base)) is not None
+
+
+def test_divisibility_errors_name_both_keys(base):
+    with pytest.raises(ConfigError) as info:
+        load_config(["learner.micro_batch_samples=3"])
+    msg = "learner.micro_batch_samples=3 × learner.world_size=2 = 6 must divide learner.mini_batch_samples=32"
+    assert msg in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        validate(with_value(base, "learner.mini_batch_samples", 48))
+    assert "learner.mini_batch_samples=48 must divide" in str(info.value)
+    assert "data.prompts_per_step × rollout.samples_per_prompt = 8 × 8 = 64" in str(info.value)
+    # world size is part of the rule
+    validate(with_value(base, "learner.world_size", 4))  # 32 = 8 × 4
+    with pytest.raises(ConfigError, match=r"learner\.world_size=3"):
+        validate(with_value(base, "learner.world_size", 3))
+    # all problems are reported at once
+    with pytest.raises(ConfigError) as info:
+        validate(with_value(with_value(base, "algorithm.lam", 2.0), "learner.zero_stage", 7))
+    assert "algorithm.lam" in str(info.value) and "learner.zero_stage" in str(info.value)
+
+
+def test_missing_data_file_suggests_close_name(tmp_path):
+    (tmp_path / "math_train.jsonl").write_text('{"id": "a", "problem": "p", "answer": "1"}\n')
+    with pytest.raises(
+        ConfigError, match=r"data\.train_files\[0\]='math_trian.jsonl' not found.*math_train.jsonl"
+    ):
+        load_config(
+            ["data=math", f"data.data_dir={tmp_path}", "data.train_files=[math_trian.jsonl]", *NO_EVAL]
+        )
+    cfg = load_config(["data=math", f"data.data_dir={tmp_path}", *NO_EVAL])
+    assert cfg.data.data_dir == str(tmp_path)
+
+
+def test_data_dir_env_var(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRPO_LAMBDA_DATA_DIR", str(tmp_path))
+    assert load_config().data.data_dir == str(tmp_path)
+
+
+def test_to_config_from_plain_dict_checks_keys():
+    cfg = to_config({"model": {"path": "tiny"}, "data": {"source": "arithmetic"}})
+    assert cfg.model.path == "tiny" and cfg.learner.world_size == 2
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'rollout.num_worker'.*did you mean 'rollout.num_workers'"
+    ):
+        to_config({"model": {"path": "tiny"}, "rollout": {"num_worker": 2}})
+
+
+def test_eval_requested_without_eval_set_fails(base):
+    with pytest.raises(ConfigError, match="trainer.eval_every_steps"):
+        validate(with_value(base, "data.arithmetic.eval_rows", 0))
+
+
+def test_model_folder_checked(base, tmp_path):
+    with pytest.raises(ConfigError, match=r"model.path='/no/such/model' is not a folder"):
+        validate(with_value(base, "model.path", "/no/such/model"))
+    validate(with_value(base, "model.path", "/no/such/model"), check_files=False)
+    validate(with_value(base, "model.path", str(tmp_path)))
+
+
+def test_lora_with_zero3_rejected(base):
+    cfg = with_value(with_value(base, "model.lora.rank", 8), "learner.zero_stage", 3)
+    with pytest.raises(ConfigError, match=r"model.lora.rank=8 is not supported with learner.zero_stage=3"):
+        validate(cfg)
+
+
+def test_cli_precheck_exits_with_hint(capsys):
+    with pytest.raises(SystemExit) as info:
+        check_overrides_or_exit(["algorithm.lamda=0.5", "hydra.run.dir=/tmp/x"])
+    assert info.value.code == 2
+    assert "did you mean 'algorithm.lam'" in capsys.readouterr().err
+    check_overrides_or_exit(["algorithm.lam=0.5", "hydra.run.dir=/tmp/x"])  # valid: returns
+    check_overrides_or_exit(["--cfg", "job", "algorithm.lamda=0.5"])  # Hydra flags: left to Hydra

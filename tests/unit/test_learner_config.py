@@ -1,0 +1,166 @@
+"""LearnerConfig validation, the DeepSpeed config builder, optimiser / LR schedule, metric reduction."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from grpo_lambda.learner.config import LearnerConfig
+from grpo_lambda.learner.deepspeed_setup import (
+    backward_scale,
+    build_ds_config,
+    build_inference_ds_config,
+    make_lr_scheduler,
+    make_optimizer,
+)
+from grpo_lambda.learner.worker import reduce_rank_metrics
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"zero_stage": 4}, "zero_stage"),
+        ({"dtype": "fp16"}, "dtype"),
+        ({"optimizer": "adam"}, "optimizer"),
+        ({"lr_schedule": "cosine"}, "lr_schedule"),
+        ({"lr_warmup_steps": 5}, "lr_warmup_steps"),
+        ({"adam_betas": (0.9, 1.5)}, "adam_betas"),
+        ({"epochs_per_batch": 0}, "epochs_per_batch"),
+        ({"offload": True, "zero_stage": 0}, "offload"),
+        ({"micro_batch_samples": 0}, "micro_batch_samples"),
+        ({"grad_clip": -1.0}, "grad_clip"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"lora_rank": 8, "zero_stage": 3}, "lora_rank"),
+    ],
+)
+def test_config_errors_name_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=rf"learner\.{key}"):
+        LearnerConfig(**kwargs)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_ds_config_batch_sizes_and_precision(stage, dtype):
+    cfg = LearnerConfig(
+        zero_stage=stage, dtype=dtype, mini_batch_samples=16, micro_batch_samples=2, grad_clip=0.5
+    )
+    ds = build_ds_config(cfg, world_size=2)
+    assert ds["train_batch_size"] == 16 and ds["train_micro_batch_size_per_gpu"] == 2
+    assert ds["gradient_accumulation_steps"] == 4  # 16 = 2 micro x 4 steps x 2 ranks
+    assert ds["train_batch_size"] == (
+        ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 2
+    )
+    assert ds["zero_optimization"]["stage"] == stage
+    assert ds["bf16"]["enabled"] is (dtype == "bf16") and ds["fp16"]["enabled"] is False
+    assert ds["gradient_clipping"] == 0.5
+    # fp32 gradient accumulation under bf16 wherever DeepSpeed allows it (not ZeRO-0).
+    assert ("data_types" in ds) is (dtype == "bf16" and stage > 0)
+    assert "optimizer" not in ds and "scheduler" not in ds  # client optimiser: no FusedAdam JIT build
+
+
+def test_ds_config_overrides_and_errors():
+    cfg = LearnerConfig(mini_batch_samples=16, micro_batch_samples=2)
+    assert (
+        build_ds_config(cfg, 1, mini_batch_samples=8, micro_batch_samples=4)["gradient_accumulation_steps"]
+        == 2
+    )
+    with pytest.raises(ValueError, match="multiple of world_size"):
+        build_ds_config(cfg, world_size=3)
+    inf = build_inference_ds_config(LearnerConfig(micro_batch_samples=2, logp_micro_batch_samples=8), 2)
+    assert inf["zero_optimization"]["stage"] == 3 and inf["train_micro_batch_size_per_gpu"] == 8
+
+
+def test_backward_scale_turns_the_rank_average_into_a_sum():
+    assert backward_scale(1) == 1.0 and backward_scale(4) == 4.0
+
+
+def test_optimizer_groups_and_warmup():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    cfg = LearnerConfig(lr=0.1, weight_decay=0.01, lr_schedule="linear_warmup", lr_warmup_steps=4)
+    opt = make_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.AdamW)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.01 and [p.dim() for p in decay["params"]] == [2]
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+    sched = make_lr_scheduler(opt, cfg)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    # The schedule survives a state_dict round trip (what a checkpoint stores).
+    sched2 = make_lr_scheduler(make_optimizer(model, cfg), cfg)
+    sched2.load_state_dict(sched.state_dict())
+    assert sched2.last_epoch == 6
+    sgd = make_optimizer(model, LearnerConfig(optimizer="sgd", lr=0.5))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["lr"] == 0.5
+    frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        make_optimizer(frozen, cfg)
+
+
+def test_reduce_rank_metrics():
+    r0 = {
+        "learner/loss": 0.25,
+        "learner/num_tokens": 30.0,
+        "learner/kl": 0.1,
+        "learner/grad_norm": 2.0,
+        "learner/lr": 1e-6,
+        "time/learner_train_s": 1.0,
+    }
+    r1 = {
+        "learner/loss": 0.5,
+        "learner/num_tokens": 10.0,
+        "learner/kl": 0.5,
+        "learner/grad_norm": 2.0,
+        "learner/lr": 1e-6,
+        "time/learner_train_s": 3.0,
+    }
+    out = reduce_rank_metrics([r0, r1])
+    assert out["learner/loss"] == 0.75  # shares add up to the mini-batch loss
+    assert out["learner/num_tokens"] == 40.0
+    assert out["learner/kl"] == pytest.approx((0.1 * 30 + 0.5 * 10) / 40)  # token-weighted
+    assert out["learner/grad_norm"] == 2.0 and out["learner/lr"] == 1e-6
+    assert out["time/learner_train_s"] == 3.0
+    assert reduce_rank_metrics([]) == {}
+
+
+def test_shm_comm_build_is_skipped(monkeypatch):
+    """The switch used in deepspeed_setup: DeepSpeed's TorchBackend then builds no shared-memory op (no JIT, no
+    ~/.cache/torch_extensions lock to hang on)."""
+    from grpo_lambda.learner.deepspeed_setup import SHM_COMM_ENV, disable_shm_comm_build
+
+    monkeypatch.delenv(SHM_COMM_ENV, raising=False)
+    import deepspeed.ops
+
+    ds_torch = importlib.import_module(
+        "deepspeed.comm.torch"
+    )  # `deepspeed.comm.torch` the attribute is torch
+
+    saved = deepspeed.ops.__compatible_ops__.get("deepspeed_shm_comm")
+    try:
+        assert disable_shm_comm_build() is True
+        assert ds_torch.build_shm_op() is None
+    finally:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = saved
+    monkeypatch.setenv(SHM_COMM_ENV, "1")
+    assert disable_shm_comm_build() is False
+
+
+def test_from_run_config_and_dtype_aliases():
+    from grpo_lambda.config import Config
+
+    run = Config()
+    run.model.dtype = "bfloat16"
+    run.model.lora.rank = 4
+    run.learner.warmup_steps, run.learner.lr_schedule = 10, "linear_warmup"
+    run.rollout.temperature = 0.6
+    run.trainer.seed = 7
+    cfg = LearnerConfig.from_run_config(run)
+    assert cfg.dtype == "bf16" and cfg.lora_rank == 4 and cfg.temperature == 0.6 and cfg.seed == 7
+    assert cfg.lr_warmup_steps == 10 and cfg.adam_betas == tuple(run.learner.betas)
+    assert cfg.mini_batch_samples == run.learner.mini_batch_samples
+    assert LearnerConfig(dtype="float32").dtype == "fp32"
