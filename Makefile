@@ -11,7 +11,7 @@ TORCH_VERSION ?= 2.13.0
 TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 EXTRAS ?= cpu,dev
 
-.PHONY: install test test-unit test-integration lint bench clean-venv
+.PHONY: install demo test test-unit test-integration lint bench clean-venv
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ $(STAMP): pyproject.toml Makefile
 	  echo "note: libtcmalloc-minimal4 not installed; CPU training runs slower without it"; }
 	$(PY) -c "import torch, grpo_lambda; print('torch', torch.__version__, '| grpo_lambda', grpo_lambda.__version__)"
 	touch $(STAMP)
+
+# The CPU demo: SmolLM2-135M-Instruct learns sums with GRPO-λ (conf/experiment/cpu_demo.yaml), then a report.
+DEMO_ARGS ?=
+demo: install
+	$(PY) -m grpo_lambda.train $(DEMO_ARGS)
+	$(PY) scripts/demo_report.py runs/cpu_demo_grpo_lambda
 
 test: install
 	$(PY) -m pytest -q tests

