@@ -64,7 +64,22 @@ def init_ray(cfg: Config) -> None:
              include_dashboard=c.ray_dashboard, runtime_env={"env_vars": env}, **kwargs)  # fmt: skip
 
 
-def build_rollout_workers(cfg: Config, model_path: str, gpus: float) -> list:
+def place(cfg: Config, gpus: float) -> dict:
+    """Placement groups for the learner ranks and rollout engines: `colocated` shares bundles (and, on GPUs,
+    each device: half a GPU per role, the engine sleeping while the learner trains) or `split` (one group per
+    role)."""
+    from grpo_lambda.distributed.placement import RoleSpec, place_roles
+
+    colocate = cfg.cluster.placement == "colocated"
+    share = 0.5 if colocate else 1.0
+    roles = [
+        RoleSpec("learner", cfg.learner.world_size, cfg.learner.num_cpus_per_rank, gpus * share),
+        RoleSpec("rollout", cfg.rollout.num_workers, 1.0, gpus * share * cfg.rollout.tensor_parallel_size),
+    ]
+    return place_roles(roles, colocate=colocate)
+
+
+def build_rollout_workers(cfg: Config, model_path: str, placement, gpus: float) -> list:
     import ray
 
     r = cfg.rollout
@@ -76,11 +91,12 @@ def build_rollout_workers(cfg: Config, model_path: str, gpus: float) -> list:
     actor_cls = make_rollout_worker_cls(num_cpus=1, num_gpus=gpus, extra_env=env)
     dtype = cfg.model.dtype if r.dtype == "auto" else r.dtype
     workers = [
-        actor_cls.remote(model_path, dtype=dtype, seed=cfg.trainer.seed + i,
-                         max_model_len=cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
-                         kv_cache_gib=r.kv_cache_gib if gpus == 0 else None,
-                         gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
-                         tensor_parallel_size=r.tensor_parallel_size)  # fmt: skip
+        actor_cls.options(**placement.actor_options(i)).remote(
+            model_path, dtype=dtype, seed=cfg.trainer.seed + i,
+            max_model_len=cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
+            kv_cache_gib=r.kv_cache_gib if gpus == 0 else None, gpu_memory_utilization=r.gpu_memory_utilization,
+            enforce_eager=r.enforce_eager, tensor_parallel_size=r.tensor_parallel_size,
+            enable_sleep_mode=cfg.cluster.placement == "colocated" and gpus > 0)  # fmt: skip
         for i in range(r.num_workers)
     ]
     ray.get([w.ready.remote() for w in workers])
@@ -125,10 +141,11 @@ class Trainer:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         self.verifier = VerifierPool(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
                                      use_ray=True, num_cpus_per_worker=0.5)  # fmt: skip
-        self.workers = build_rollout_workers(cfg, self.model_path, gpus)
+        self.placement = place(cfg, gpus)
+        self.workers = build_rollout_workers(cfg, self.model_path, self.placement["rollout"], gpus)
         self.learner = LearnerGroup(cfg.learner.world_size, self.model_path, LearnerConfig.from_run_config(cfg),
-                                    reference=self.loss_cfg.kl_coef > 0, cpus_per_rank=cfg.learner.num_cpus_per_rank,
-                                    gpus_per_rank=gpus, backend=None if cfg.learner.backend == "auto" else cfg.learner.backend,
+                                    reference=self.loss_cfg.kl_coef > 0, placement=self.placement["learner"],
+                                    backend=None if cfg.learner.backend == "auto" else cfg.learner.backend,
                                     extra_env=cfg.cluster.env_vars)  # fmt: skip
         self.step_num, self.version = 0, 0
         resume_from = checkpoint.find_resume(cfg.run_dir, cfg.trainer.resume)
@@ -149,6 +166,7 @@ class Trainer:
         flat = [s for group in rollout.samples for s in group]
         batch = build_batch([s.prompt_ids for s in flat], [s.response_ids for s in flat], adv, pad_token_id=self.pad_id)
         with timer("learn"):
+            self._call_workers("sleep")  # frees the GPU for a colocated learner; a no-op on CPU
             metrics = self.learner.train_step(batch, self.loss_cfg)
         if not math.isfinite(metrics["learner/loss"]):
             raise FloatingPointError(
@@ -156,6 +174,7 @@ class Trainer:
                 "weights reach the engines (the last checkpoint is intact: lower learner.lr or check the data)"
             )
         with timer("sync"):
+            self._call_workers("wake_up")
             self.sync_weights()
         metrics.update(self._rollout_metrics(rollout, flat, adv))
         metrics.update(timer.metrics())
@@ -178,8 +197,9 @@ class Trainer:
                     by_prompt[w + j * len(self.workers)] = group
             samples = [by_prompt[i] for i in range(len(prompts))]
         with self.timer("reward"):
-            requests = [VerifyRequest(response=s.text, answer=p.answer, verifier=p.verifier,
-                                      format_weight=self.cfg.reward.format_weight)
+            rw = self.cfg.reward
+            requests = [VerifyRequest(response=s.text, answer=p.answer, verifier=p.verifier, correct=rw.correct,
+                                      wrong=rw.wrong, format_weight=rw.format_weight)
                         for p, group in zip(prompts, samples) for s in group]  # fmt: skip
             results = self.verifier.score(requests)
         return Rollout(prompts, samples, torch.tensor([r.reward for r in results]), results)
@@ -290,8 +310,18 @@ class Trainer:
                 part.shutdown()
         for w in getattr(self, "workers", []):
             ray.kill(w)
+        if getattr(self, "placement", None):
+            from ray.util.placement_group import remove_placement_group
+
+            for pg in {id(p.placement_group): p.placement_group for p in self.placement.values()}.values():
+                remove_placement_group(pg)
 
     # -------------------------------------------------------------------------------------- helpers
+    def _call_workers(self, method: str) -> None:
+        import ray
+
+        ray.get([getattr(w, method).remote() for w in self.workers])
+
     def _spec(self, seed: int) -> SamplingSpec:
         r = self.cfg.rollout
         return SamplingSpec(n=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,

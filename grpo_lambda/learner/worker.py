@@ -249,7 +249,7 @@ class LearnerWorker:
                 "learner/lr": lr,
                 "learner/num_updates": float(updates),
                 "learner/updates_total": float(self.num_updates),
-                "time/learner_train_s": time.perf_counter() - t0,
+                "learner/update_s": time.perf_counter() - t0,
             }
         )
         return out
@@ -389,7 +389,7 @@ def reduce_rank_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float
             out[key] = sum(values)
         elif key in GLOBAL_METRICS:
             out[key] = values[0]
-        elif key.startswith("time/"):
+        elif key.startswith("time/") or key.endswith("_s"):
             out[key] = max(values)
         else:
             out[key] = sum(v * n for v, n in zip(values, tokens)) / total

@@ -109,7 +109,7 @@ def test_reduce_rank_metrics():
         "learner/kl": 0.1,
         "learner/grad_norm": 2.0,
         "learner/lr": 1e-6,
-        "time/learner_train_s": 1.0,
+        "learner/update_s": 1.0,
     }
     r1 = {
         "learner/loss": 0.5,
@@ -117,14 +117,14 @@ def test_reduce_rank_metrics():
         "learner/kl": 0.5,
         "learner/grad_norm": 2.0,
         "learner/lr": 1e-6,
-        "time/learner_train_s": 3.0,
+        "learner/update_s": 3.0,
     }
     out = reduce_rank_metrics([r0, r1])
     assert out["learner/loss"] == 0.75  # shares add up to the mini-batch loss
     assert out["learner/num_tokens"] == 40.0
     assert out["learner/kl"] == pytest.approx((0.1 * 30 + 0.5 * 10) / 40)  # token-weighted
     assert out["learner/grad_norm"] == 2.0 and out["learner/lr"] == 1e-6
-    assert out["time/learner_train_s"] == 3.0
+    assert out["learner/update_s"] == 3.0
     assert reduce_rank_metrics([]) == {}
 
 
