@@ -1,8 +1,8 @@
 """Hydra entry point: ``python -m grpo_lambda.train [overrides]`` (see docs/configuration.md).
 
-    python -m grpo_lambda.train                                   # the CPU demo (SmolLM2-135M on sums)
-    python -m grpo_lambda.train experiment=cpu_tiny_test          # a tiny random model, two steps
-    python -m grpo_lambda.train algorithm.lam=0.5 learner=zero3   # any key; a misspelt one fails naming it
+python -m grpo_lambda.train                                   # the CPU demo (SmolLM2-135M on sums)
+python -m grpo_lambda.train experiment=cpu_tiny_test          # a tiny random model, two steps
+python -m grpo_lambda.train algorithm.lam=0.5 learner=zero3   # any key; a misspelt one fails naming it
 """
 
 from __future__ import annotations

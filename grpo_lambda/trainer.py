@@ -92,11 +92,16 @@ def build_rollout_workers(cfg: Config, model_path: str, placement, gpus: float) 
     dtype = cfg.model.dtype if r.dtype == "auto" else r.dtype
     workers = [
         actor_cls.options(**placement.actor_options(i)).remote(
-            model_path, dtype=dtype, seed=cfg.trainer.seed + i,
+            model_path,
+            dtype=dtype,
+            seed=cfg.trainer.seed + i,
             max_model_len=cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
-            kv_cache_gib=r.kv_cache_gib if gpus == 0 else None, gpu_memory_utilization=r.gpu_memory_utilization,
-            enforce_eager=r.enforce_eager, tensor_parallel_size=r.tensor_parallel_size,
-            enable_sleep_mode=cfg.cluster.placement == "colocated" and gpus > 0)  # fmt: skip
+            kv_cache_gib=r.kv_cache_gib if gpus == 0 else None,
+            gpu_memory_utilization=r.gpu_memory_utilization,
+            enforce_eager=r.enforce_eager,
+            tensor_parallel_size=r.tensor_parallel_size,
+            enable_sleep_mode=cfg.cluster.placement == "colocated" and gpus > 0,
+        )  # fmt: skip
         for i in range(r.num_workers)
     ]
     ray.get([w.ready.remote() for w in workers])
@@ -105,7 +110,9 @@ def build_rollout_workers(cfg: Config, model_path: str, placement, gpus: float) 
 
 def step_seed(seed: int, step: int, salt: str = "rollout") -> int:
     """A sampling seed for (run seed, step): the same on a resumed run as on an uninterrupted one."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{step}:{salt}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+    return (
+        int.from_bytes(hashlib.sha256(f"{seed}:{step}:{salt}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+    )
 
 
 @dataclass
@@ -128,14 +135,18 @@ class Trainer:
         set_seed(cfg.trainer.seed)
         self.model_path = str(resolve_model(cfg.model.path))
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_path or self.model_path)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+        )
         self.formatter = PromptFormatter(tokenizer, cfg.data.prompt_template, cfg.model.use_chat_template,
                                          cfg.model.max_prompt_tokens)  # fmt: skip
         prompts, dropped = self.formatter.format_rows(build_train_rows(cfg))
         if dropped:
             print(f"[grpo-lambda] dropped {len(dropped)} prompts longer than model.max_prompt_tokens")
         self.sampler = PromptSampler(prompts, cfg.data.prompts_per_step, cfg.data.seed, cfg.data.shuffle)
-        self.eval_sets = {name: self.formatter.format_rows(rows)[0] for name, rows in build_eval_rows(cfg).items()}
+        self.eval_sets = {
+            name: self.formatter.format_rows(rows)[0] for name, rows in build_eval_rows(cfg).items()
+        }
 
         init_ray(cfg)
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -164,7 +175,9 @@ class Trainer:
         adv = compute_advantages(rollout.rewards, cfg.rollout.samples_per_prompt, estimator=a.adv_estimator,
                                  eps=a.adv_eps, neg_clamp=a.neg_adv_clamp)  # fmt: skip
         flat = [s for group in rollout.samples for s in group]
-        batch = build_batch([s.prompt_ids for s in flat], [s.response_ids for s in flat], adv, pad_token_id=self.pad_id)
+        batch = build_batch(
+            [s.prompt_ids for s in flat], [s.response_ids for s in flat], adv, pad_token_id=self.pad_id
+        )
         with timer("learn"):
             self._call_workers("sleep")  # frees the GPU for a colocated learner; a no-op on CPU
             metrics = self.learner.train_step(batch, self.loss_cfg)
@@ -189,7 +202,9 @@ class Trainer:
 
         with self.timer("generate"):
             shards = [prompts[i :: len(self.workers)] for i in range(len(self.workers))]
-            refs = [w.generate.remote([p.token_ids for p in s], spec) for w, s in zip(self.workers, shards) if s]
+            refs = [
+                w.generate.remote([p.token_ids for p in s], spec) for w, s in zip(self.workers, shards) if s
+            ]
             outs = ray.get(refs)
             by_prompt: dict[int, list[Sample]] = {}
             for w, out in enumerate(outs):
@@ -219,7 +234,9 @@ class Trainer:
                 (kept if stds[i] > a.dynamic_sampling_reward_std_eps else flat).append((current, i))
             if len(kept) >= P or round_ == a.max_refill_rounds:
                 break
-            refill_spec = dataclasses.replace(spec, seed=None if spec.seed is None else spec.seed + round_ + 1)
+            refill_spec = dataclasses.replace(
+                spec, seed=None if spec.seed is None else spec.seed + round_ + 1
+            )
             current = self.rollout(self.sampler.next_batch(P - len(kept)), refill_spec)
         chosen = (kept + flat)[:P]
         return Rollout(

@@ -52,13 +52,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     r = report(load_rows(args.run_dir), args.window)
     w = args.window
-    print(f"run {args.run_dir}: {r['steps']} steps, {r['train_min']:.1f} min of training, {r['step_s_mean']:.1f} s/step")
+    print(
+        f"run {args.run_dir}: {r['steps']} steps, {r['train_min']:.1f} min of training, {r['step_s_mean']:.1f} s/step"
+    )
     print(f"  reward/mean   first {w} steps {r['reward_first']:.3f} -> last {w} steps {r['reward_last']:.3f}"
           f"   ({r['reward_gain']:+.3f})")  # fmt: skip
     if r["eval_first"]:
         (s0, e0), (s1, e1) = r["eval_first"], r["eval_last"]
-        print(f"  held-out greedy accuracy (avg@1)  step {s0}: {e0:.3f} -> step {s1}: {e1:.3f}   ({e1 - e0:+.3f})")
-    phases = " | ".join(f"{k[:-7]} {r[k]:.1f}s" for k in r if k.endswith("_s_mean") and k != "step_s_mean" and r[k])
+        print(
+            f"  held-out greedy accuracy (avg@1)  step {s0}: {e0:.3f} -> step {s1}: {e1:.3f}   ({e1 - e0:+.3f})"
+        )
+    phases = " | ".join(
+        f"{k[:-7]} {r[k]:.1f}s" for k in r if k.endswith("_s_mean") and k != "step_s_mean" and r[k]
+    )
     print(f"  mean time per step by phase: {phases}")
     if args.json:
         args.json.write_text(json.dumps(r, indent=1))
