@@ -45,7 +45,7 @@ def test_default_is_cpu_demo():
 
 
 def test_paper_defaults_in_grpo_lambda():
-    a = load_config(["algorithm=grpo_lambda"]).algorithm
+    a = load_config(["algorithm=grpo_lambda", "~experiment"]).algorithm  # the group file, without a preset
     assert (a.lam, a.gamma, a.trace_style, a.policy_loss) == (0.99, 1.0, "both", "trace")
     assert (a.neg_adv_clamp, a.kl_estimator, a.kl_coef, a.clip_eps_low, a.clip_eps_high) == (
         -0.1,
@@ -192,14 +192,14 @@ def test_validate_accepts_the_base(base):
 def test_divisibility_errors_name_both_keys(base):
     with pytest.raises(ConfigError) as info:
         load_config(["learner.micro_batch_samples=3"])
-    msg = "learner.micro_batch_samples=3 × learner.world_size=2 = 6 must divide learner.mini_batch_samples=32"
+    msg = "learner.micro_batch_samples=3 × learner.world_size=2 = 6 must divide learner.mini_batch_samples=64"
     assert msg in str(info.value)
     with pytest.raises(ConfigError) as info:
         validate(with_value(base, "learner.mini_batch_samples", 48))
     assert "learner.mini_batch_samples=48 must divide" in str(info.value)
     assert "data.prompts_per_step × rollout.samples_per_prompt = 8 × 8 = 64" in str(info.value)
     # world size is part of the rule
-    validate(with_value(base, "learner.world_size", 4))  # 32 = 8 × 4
+    validate(with_value(base, "learner.world_size", 4))  # 64 = 8 × 4 × 2
     with pytest.raises(ConfigError, match=r"learner\.world_size=3"):
         validate(with_value(base, "learner.world_size", 3))
     # all problems are reported at once
