@@ -176,7 +176,11 @@ class Trainer:
                                  eps=a.adv_eps, neg_clamp=a.neg_adv_clamp)  # fmt: skip
         flat = [s for group in rollout.samples for s in group]
         batch = build_batch(
-            [s.prompt_ids for s in flat], [s.response_ids for s in flat], adv, pad_token_id=self.pad_id
+            [s.prompt_ids for s in flat],
+            [s.response_ids for s in flat],
+            adv,
+            behaviour_logp=[s.response_logp for s in flat],  # for the engine-vs-learner diagnostic only
+            pad_token_id=self.pad_id,
         )
         with timer("learn"):
             self._call_workers("sleep")  # frees the GPU for a colocated learner; a no-op on CPU

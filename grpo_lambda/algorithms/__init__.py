@@ -3,7 +3,7 @@ losses, KL estimators and loss aggregation, with string registries keyed by the 
 
 from .advantages import ADVANTAGE_ESTIMATORS, compute_advantages
 from .aggregation import AGGREGATIONS, aggregate_loss, masked_mean
-from .kl import KL_ESTIMATORS, entropy_from_logits, kl_penalty, token_logp_from_logits
+from .kl import KL_ESTIMATORS, behaviour_mismatch, entropy_from_logits, kl_penalty, token_logp_from_logits
 from .loss import LossConfig, grpo_lambda_loss
 from .policy_loss import POLICY_LOSSES, clipped_surrogate
 from .traces import TRACE_ANCHORS, TRACE_STYLES, discounted_cumsum, eligibility_weight, lambda_trace
@@ -17,6 +17,7 @@ __all__ = [
     "TRACE_STYLES",
     "LossConfig",
     "aggregate_loss",
+    "behaviour_mismatch",
     "clipped_surrogate",
     "compute_advantages",
     "discounted_cumsum",

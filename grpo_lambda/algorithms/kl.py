@@ -38,6 +38,23 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3"
     return KL_ESTIMATORS.get(estimator)(logp, ref_logp)
 
 
+def behaviour_mismatch(
+    logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Engine-vs-learner diagnostics at θ = θ_old: how far the rollout engine's sampling log-probs log μ are from
+    the learner's log π_θold on the same tokens (bf16, other kernels). k3 estimates KL(μ ‖ π) on μ's samples."""
+    m = mask.to(torch.bool)
+    zero = torch.zeros((), dtype=torch.float32, device=logp.device)
+    diff = torch.where(m, behaviour_logp.float() - logp.detach().float(), zero)  # log μ − log π
+    k3 = torch.where(m, torch.expm1(-diff.clamp(-20, 20)) + diff, zero)  # π/μ − 1 − log(π/μ)
+    n = m.sum().clamp(min=1)
+    return {
+        "rollout/logp_mismatch_k3": k3.sum() / n,
+        "rollout/logp_abs_diff_mean": diff.abs().sum() / n,
+        "rollout/logp_abs_diff_max": diff.abs().max() if m.any() else zero,
+    }
+
+
 def token_logp_from_logits(
     logits: torch.Tensor, target_ids: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:

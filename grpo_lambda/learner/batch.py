@@ -44,6 +44,9 @@ class LearnerBatch:
     advantages: Tensor  # [B] float32
     old_logp: Tensor | None = None  # [B, T] float32, θ_old's log-probabilities of the response tokens
     ref_logp: Tensor | None = None  # [B, T] float32, the reference policy's
+    behaviour_logp: Tensor | None = (
+        None  # [B, T] float32, the rollout engine's sampling log-probs (diagnostics only)
+    )
 
     def __post_init__(self):
         B, L = self.input_ids.shape
@@ -58,7 +61,7 @@ class LearnerBatch:
             )
         if self.advantages.shape != (B,):
             raise ValueError(f"advantages must be [B]={B}, got {tuple(self.advantages.shape)}")
-        for name in ("old_logp", "ref_logp"):
+        for name in ("old_logp", "ref_logp", "behaviour_logp"):
             value = getattr(self, name)
             if value is not None and value.shape != (B, T):
                 raise ValueError(f"{name} must be [B, T]={(B, T)}, got {tuple(value.shape)}")
@@ -118,6 +121,7 @@ class LearnerBatch:
             advantages=self.advantages,
             old_logp=None if self.old_logp is None else self.old_logp[:, :T_new],
             ref_logp=None if self.ref_logp is None else self.ref_logp[:, :T_new],
+            behaviour_logp=None if self.behaviour_logp is None else self.behaviour_logp[:, :T_new],
         )
 
     def _fields(self) -> dict[str, Tensor | None]:
@@ -147,6 +151,7 @@ def build_batch(
     *,
     old_logp: Sequence[Sequence[float]] | Tensor | None = None,
     ref_logp: Sequence[Sequence[float]] | Tensor | None = None,
+    behaviour_logp: Sequence[Sequence[float]] | Tensor | None = None,
     pad_token_id: int = 0,
 ) -> LearnerBatch:
     """Pad B (prompt, response) token lists into a `LearnerBatch` (layout in the module docstring).
@@ -198,6 +203,7 @@ def build_batch(
         advantages=advantages,
         old_logp=padded("old_logp", old_logp),
         ref_logp=padded("ref_logp", ref_logp),
+        behaviour_logp=padded("behaviour_logp", behaviour_logp),
     )
 
 

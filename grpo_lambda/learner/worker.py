@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from grpo_lambda.algorithms import LossConfig, grpo_lambda_loss
+from grpo_lambda.algorithms import LossConfig, behaviour_mismatch, grpo_lambda_loss
 
 from .batch import LearnerBatch, MiniBatchCounts, check_batch_sizes, pad_response_dim, split_batch
 from .config import LearnerConfig
@@ -37,6 +37,7 @@ from .model import is_peft_model, load_causal_lm, merged_lora_weights, response_
 # Reduction of per-rank metrics (see reduce_rank_metrics): summed over ranks, or global (every rank has the value).
 SUMMED_METRICS = ("learner/loss", "learner/num_tokens")
 GLOBAL_METRICS = ("learner/grad_norm", "learner/lr", "learner/num_updates", "learner/updates_total")
+MAX_METRICS = ("rollout/logp_abs_diff_max",)
 CLIENT_STATE_KEY = "grpo_lambda_learner"
 
 
@@ -198,7 +199,11 @@ class LearnerWorker:
         num_tokens = 0.0
         lr = self.engine.get_lr()[0]  # the LR of this step's first update
         self.engine.train()
-        for mini, count in [pair for _ in range(epochs) for pair in zip(minis, counts)]:
+        mismatch: dict[str, float] = defaultdict(float)  # engine vs learner, measured at θ = θ_old only
+        mismatch_tokens = 0.0
+        for update_index, (mini, count) in enumerate(
+            pair for _ in range(epochs) for pair in zip(minis, counts)
+        ):
             micros = split_batch(mini, micro_batch_samples)
             manual_norm = None
             for i, mb in enumerate(micros):
@@ -215,6 +220,14 @@ class LearnerWorker:
                     self.engine, mb, temperature=self.cfg.temperature, entropy=entropy_mode
                 )
                 old_logp = mb.old_logp if mb.old_logp is not None else logp.detach()
+                if update_index == 0 and mb.behaviour_logp is not None:
+                    n_mb = float(mb.response_mask.sum())
+                    mismatch_tokens += n_mb
+                    for key, value in behaviour_mismatch(logp, mb.behaviour_logp, mb.response_mask).items():
+                        if key.endswith("_max"):
+                            mismatch[key] = max(mismatch[key], float(value))
+                        else:
+                            mismatch[key] += float(value) * n_mb
                 loss, metrics = grpo_lambda_loss(
                     logp,
                     old_logp,
@@ -240,6 +253,9 @@ class LearnerWorker:
             grad_norm_total += float(norm) if norm is not None else float("nan")
             self.num_updates += 1
         out = {key: value / max(num_tokens, 1.0) for key, value in weighted.items()}
+        out.update(
+            {k: v if k.endswith("_max") else v / max(mismatch_tokens, 1.0) for k, v in mismatch.items()}
+        )
         updates = len(minis) * epochs
         out.update(
             {
@@ -389,7 +405,7 @@ def reduce_rank_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float
             out[key] = sum(values)
         elif key in GLOBAL_METRICS:
             out[key] = values[0]
-        elif key.startswith("time/") or key.endswith("_s"):
+        elif key.startswith("time/") or key.endswith("_s") or key in MAX_METRICS:
             out[key] = max(values)
         else:
             out[key] = sum(v * n for v, n in zip(values, tokens)) / total

@@ -52,6 +52,9 @@ def test_steps_run_sync_and_resume_exactly(ray_local, tmp_path):
             history.append(metrics)
             assert math.isfinite(metrics["learner/loss"])
             assert metrics["learner/grad_norm"] > 0  # the entropy bonus alone makes it non-zero
+            # fp32 on both sides: the engine samples from exactly the learner's weights (stale weights would
+            # show here from step 2 on as a log-prob gap of order 1e-2 or more)
+            assert metrics["rollout/logp_abs_diff_max"] < 1e-3
             checksums = trainer.learner.param_checksums()
             assert len(set(checksums)) == 1, f"learner ranks diverged: {checksums}"
         assert trainer.version == 3

@@ -271,3 +271,18 @@ def test_loss_shape_errors_and_missing_ref():
         grpo_lambda_loss(logp, old, adv[:-1], mask, LossConfig(kl_coef=0.0))
     with pytest.raises(ValueError, match="ref_logp"):
         grpo_lambda_loss(logp, old, adv, mask, LossConfig(kl_coef=0.1))
+
+
+def test_behaviour_mismatch_metrics():
+    from grpo_lambda.algorithms import behaviour_mismatch
+
+    logp, _, _, _, mask = make_batch(10)
+    lp = logp.detach()
+    same = behaviour_mismatch(lp, lp.clone(), mask)
+    assert all(v.item() == 0 for v in same.values())
+    shifted = lp + 0.3 * mask  # log μ = log π + 0.3 on valid tokens
+    shifted[~mask] = float("nan")  # padding never leaks
+    m = behaviour_mismatch(lp, shifted, mask)
+    assert m["rollout/logp_abs_diff_mean"].item() == pytest.approx(0.3, rel=1e-5)
+    assert m["rollout/logp_abs_diff_max"].item() == pytest.approx(0.3, rel=1e-5)
+    assert m["rollout/logp_mismatch_k3"].item() == pytest.approx(math.exp(-0.3) - 1 + 0.3, rel=1e-4)
