@@ -35,6 +35,8 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from grpo_lambda.tracking import DEFAULT_CONSOLE_KEYS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 SCHEMA_NAME = "grpo_lambda_schema"
@@ -232,17 +234,7 @@ class LoggerConfig:
     jsonl: bool = True
     plot: bool = True
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    console_keys: list[str] = field(
-        default_factory=lambda: [
-            "reward/mean",
-            "learner/loss",
-            "learner/kl",
-            "learner/clip_frac",
-            "learner/grad_norm",
-            "response/length_mean",
-            "time/step_s",
-        ]
-    )
+    console_keys: list[str] = field(default_factory=lambda: list(DEFAULT_CONSOLE_KEYS))
 
 
 @dataclass

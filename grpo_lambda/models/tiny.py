@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
+
+from grpo_lambda.models.cache import build_folder_atomically
 
 # vLLM's CPU attention kernels only support these head sizes; any other head_dim crashes the engine at start.
 VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
@@ -160,19 +160,10 @@ def build_tiny_model(
         _check_existing(out_dir, build_info)
         return out_dir
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model folder is meant to be shared
-    try:
-        _write_model(tmp, build_info)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if not out_dir.exists():  # a real failure, not a concurrent builder that won the race
-                raise
-            _check_existing(out_dir, build_info)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not build_folder_atomically(out_dir, lambda tmp: _write_model(tmp, build_info)):
+        _check_existing(
+            out_dir, build_info
+        )  # another builder won the race: it must have built the same model
     return out_dir
 
 
