@@ -9,7 +9,7 @@ WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 TORCH_VERSION ?= 2.13.0
 TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,lora,dev
 
 .PHONY: install demo test test-unit test-integration lint bench clean-venv
 
