@@ -60,6 +60,7 @@ ARITHMETIC_OPS = ("+", "-", "*")
 ARITHMETIC_STYLES = ("expression", "word", "mixed")
 WANDB_MODES = ("offline", "online", "disabled")
 PLACEMENTS = ("colocated", "split")
+WEIGHT_SYNCS = ("auto", "broadcast", "object_store")
 BUILTIN_MODELS = ("tiny", "smollm2-135m-instruct")  # names the model builder resolves without a folder
 
 
@@ -130,6 +131,9 @@ class RolloutConfig:
     enforce_eager: bool = True
     dtype: str = "auto"  # auto = model.dtype
     tensor_parallel_size: int = 1
+    # learner -> engines: broadcast (bucketed, over a gloo/nccl group), object_store (Ray), auto (see trainer)
+    weight_sync: str = "auto"
+    sync_bucket_mb: float = 256.0  # broadcast bucket size
     sync_check: bool = False  # after each weight sync, check engine weights equal the learner's
     sync_timeout_s: float = 300.0
 
@@ -502,6 +506,8 @@ def _validate_rollout(c: _Checker, cfg: Config) -> None:
         r.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", r.tensor_parallel_size, "must be >= 1"
     )
     c.check(r.sync_timeout_s > 0, "rollout.sync_timeout_s", r.sync_timeout_s, "must be > 0")
+    c.choice("rollout.weight_sync", r.weight_sync, WEIGHT_SYNCS)
+    c.check(r.sync_bucket_mb > 0, "rollout.sync_bucket_mb", r.sync_bucket_mb, "must be > 0")
 
 
 def _validate_learner(c: _Checker, cfg: Config) -> None:

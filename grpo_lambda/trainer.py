@@ -79,6 +79,21 @@ def place(cfg: Config, gpus: float) -> dict:
     return place_roles(roles, colocate=colocate)
 
 
+def resolve_weight_sync(cfg: Config, gpus: float) -> str:
+    """rollout.weight_sync with `auto` resolved: broadcast, except on GPUs in colocated placement, where learner
+    rank 0 and an engine share a device (NCCL cannot place one device in two ranks) and the object store is used."""
+    mode = cfg.rollout.weight_sync
+    colocated_gpus = gpus > 0 and cfg.cluster.placement == "colocated"
+    if mode == "auto":
+        return "object_store" if colocated_gpus else "broadcast"
+    if mode == "broadcast" and colocated_gpus:
+        raise ValueError(
+            "rollout.weight_sync=broadcast: on GPUs in colocated placement learner rank 0 and an engine share a "
+            "device, which NCCL cannot broadcast between; use cluster.placement=split or rollout.weight_sync=auto"
+        )
+    return mode
+
+
 def build_rollout_workers(cfg: Config, model_path: str, placement, gpus: float) -> list:
     import ray
 
@@ -106,6 +121,23 @@ def build_rollout_workers(cfg: Config, model_path: str, placement, gpus: float) 
     ]
     ray.get([w.ready.remote() for w in workers])
     return workers
+
+
+def get_fail_fast(refs: list, timeout_s: float) -> list:
+    """ray.get of all `refs`, raising the first error as soon as it happens (not after the others finish) and
+    ray's GetTimeoutError when they are not all done within `timeout_s`."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise ray.exceptions.GetTimeoutError(
+                f"{len(pending)} of {len(refs)} calls unfinished after {timeout_s} s"
+            )
+        ray.get(ready)  # raises this call's error now
+    return ray.get(refs)
 
 
 def step_seed(seed: int, step: int, salt: str = "rollout") -> int:
@@ -158,6 +190,9 @@ class Trainer:
                                     reference=self.loss_cfg.kl_coef > 0, placement=self.placement["learner"],
                                     backend=None if cfg.learner.backend == "auto" else cfg.learner.backend,
                                     extra_env=cfg.cluster.env_vars)  # fmt: skip
+        self.weight_sync = resolve_weight_sync(cfg, gpus)
+        if self.weight_sync == "broadcast":
+            self._init_broadcast_sync(gpus)
         self.step_num, self.version = 0, 0
         resume_from = checkpoint.find_resume(cfg.run_dir, cfg.trainer.resume)
         if resume_from is not None:
@@ -254,11 +289,23 @@ class Trainer:
         import ray
 
         self.version += 1
-        weights = self.learner.state_dict_for_sync()
         timeout = self.cfg.rollout.sync_timeout_s
         try:
-            ray.get([w.load_weights.remote(weights, self.version) for w in self.workers], timeout=timeout)
+            if self.weight_sync == "broadcast":
+                sending = self.learner.broadcast_weights_async(self.version)
+                receiving = [w.receive_weights.remote(self.version) for w in self.workers]
+                results = get_fail_fast(
+                    sending + receiving, timeout
+                )  # a failed side must not wait out the other
+                sent, received = results[0], results[len(sending) :]
+                for i, got in enumerate(received):
+                    if got != sent:
+                        raise RuntimeError(f"weight sync: engine {i} received {got}, the learner sent {sent}")
+            else:
+                weights = self.learner.state_dict_for_sync()
+                ray.get([w.load_weights.remote(weights, self.version) for w in self.workers], timeout=timeout)
             if self.cfg.rollout.sync_check:
+                weights = self.learner.state_dict_for_sync()
                 bad = ray.get([w.verify_weights.remote(weights) for w in self.workers], timeout=timeout)
                 if any(bad):
                     raise RuntimeError(f"weight sync check failed: engines differ from the learner in {bad}")
@@ -266,6 +313,32 @@ class Trainer:
             raise TimeoutError(
                 f"weight sync to the rollout engines took longer than rollout.sync_timeout_s={timeout}"
             ) from None
+
+    def _init_broadcast_sync(self, gpus: float) -> None:
+        """One sync group: learner rank 0 is rank 0, engine i's tensor-parallel worker j is 1 + i·tp + j."""
+        import ray
+
+        r = self.cfg.rollout
+        rank0 = self.learner.group.actors[0]
+        nodes = {ray.get(rank0.node_id.remote()), *ray.get([w.node_id.remote() for w in self.workers])}
+        host, port = ray.get(rank0.master_address.remote(len(nodes) == 1))
+        world = 1 + len(self.workers) * r.tensor_parallel_size
+        backend = "nccl" if gpus > 0 else "gloo"
+        dtype = self.cfg.model.dtype if r.dtype == "auto" else r.dtype
+        refs = [
+            self.learner.init_weight_sync_async(
+                host,
+                port,
+                world,
+                backend=backend,
+                timeout_s=r.sync_timeout_s,
+                dtype=dtype,
+                bucket_bytes=int(r.sync_bucket_mb * 2**20),
+            )
+        ]
+        refs += [w.init_weight_sync.remote(host, port, world, 1 + i * r.tensor_parallel_size, backend=backend,
+                                           timeout_s=r.sync_timeout_s) for i, w in enumerate(self.workers)]  # fmt: skip
+        ray.get(refs, timeout=r.sync_timeout_s + 30)
 
     # -------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ group = LearnerGroup(world_size=2, model_path=path, config=LearnerConfig(...), r
 batch = batch.replace(old_logp=group.compute_logp(batch), ref_logp=group.compute_logp(batch, reference=True))
 metrics = group.train_step(batch, loss_cfg)          # one optimiser step per mini-batch
 weights_ref = group.state_dict_for_sync()            # ObjectRef of rank 0's full HF state dict
+refs = group.broadcast_weights_async(version)         # or stream it to the engines' sync group (weight_sync.py)
 """
 
 from __future__ import annotations
@@ -158,6 +159,15 @@ class LearnerGroup:
         ray.get(refs[1:])  # the other ranks took part in the (ZeRO-3) gathers; wait until they are done
         ray.wait(refs[:1])
         return refs[0]
+
+    def init_weight_sync_async(self, host: str, port: int, world_size: int, **kwargs):
+        """ObjectRef: rank 0 joins the weight-sync group as its rank 0 (the engines must join concurrently)."""
+        return self.group.actors[0].init_weight_sync.remote(host, port, world_size, **kwargs)
+
+    def broadcast_weights_async(self, version: int) -> list:
+        """ObjectRefs, one per rank: rank 0 streams the weights to the engines (the engines must receive
+        concurrently); rank 0's result says what it sent."""
+        return self.group.call_async("broadcast_weights", version)
 
     def param_checksums(self) -> list[str]:
         """Per-rank sha256 of the full parameters (all equal unless the ranks diverged)."""

@@ -285,33 +285,37 @@ class LearnerWorker:
         return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
 
     # ------------------------------------------------------------------------------------------- weights out
-    def _full_named_tensors(self, on_this_rank: bool) -> Iterator[tuple[str, Tensor | None]]:
-        """(HF name, full tensor on CPU) for every parameter — tied ones under each of their names — and persistent
-        buffer. Under ZeRO-3 every rank must iterate (the gathers are collective); ranks with on_this_rank=False
-        get None instead of a copy."""
+    def _full_named_tensors(
+        self, on_this_rank: bool, *, unique: bool = False, device: torch.device | str = "cpu"
+    ) -> Iterator[tuple[str, Tensor | None]]:
+        """(HF name, full tensor copied to `device`) for every parameter and persistent buffer, one at a time. Tied
+        parameters come under each of their names, or only the first with `unique` (nothing is kept between
+        items then: a streaming sender holds one tensor at a time). Under ZeRO-3 every rank must iterate (the
+        gathers are collective); ranks with on_this_rank=False get None instead of a copy."""
         module = self.engine.module
         if is_peft_model(module):
             merged = merged_lora_weights(module) if on_this_rank else {}
-            yield from (merged.items() if on_this_rank else ())
+            yield from ((name, t.to(device)) for name, t in merged.items())
             return
         keys = set(module.state_dict().keys())
-        copies: dict[int, Tensor] = {}
+        copies: dict[int, Tensor | None] = {}
         for name, param in module.named_parameters(remove_duplicate=False):
             if id(param) in copies:
-                yield name, copies[id(param)] if on_this_rank else None
+                if not unique:
+                    yield name, copies[id(param)]
                 continue
             if hasattr(param, "ds_id"):  # ZeRO-3 partitioned: gather the full tensor on every rank
                 import deepspeed
 
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    value = param.detach().cpu().clone() if on_this_rank else None
-            else:
-                value = param.detach().cpu().clone() if on_this_rank else None
-            copies[id(param)] = value
+                    value = param.detach().to(device, copy=True) if on_this_rank else None
+            else:  # streaming (unique) sends it before training resumes: no copy needed on the same device
+                value = param.detach().to(device, copy=not unique) if on_this_rank else None
+            copies[id(param)] = None if unique else value
             yield name, value
         for name, buf in module.named_buffers():
             if name in keys:
-                yield name, buf.detach().cpu().clone() if on_this_rank else None
+                yield name, buf.detach().to(device, copy=True) if on_this_rank else None
 
     def gather_state_dict(self) -> dict[str, Tensor] | None:
         """Full HF-named weights (engine dtype, CPU) on rank 0, None elsewhere. All ranks must call it (ZeRO-3).
@@ -328,6 +332,43 @@ class LearnerWorker:
         if tied and "lm_head.weight" not in out:
             out["lm_head.weight"] = model.get_input_embeddings().weight.detach().cpu().clone()
         return out
+
+    def init_weight_sync(
+        self,
+        host: str,
+        port: int,
+        world_size: int,
+        *,
+        backend: str,
+        timeout_s: float,
+        dtype: str,
+        bucket_bytes: int,
+    ) -> None:
+        """Rank 0 only: join the sync group as its rank 0 (see distributed/weight_sync.py); the engines join as
+        ranks 1.. at the same time. `dtype`: the engines' dtype, which the weights are cast to before sending."""
+        from grpo_lambda.distributed.weight_sync import new_sync_group, parse_dtype
+
+        if self.rank != 0:
+            raise RuntimeError("only learner rank 0 sends weights")
+        self._sync_group = new_sync_group(backend, host, port, 0, world_size, timeout_s)
+        self._sync_dtype, self._sync_bucket_bytes = parse_dtype(dtype), bucket_bytes
+        self._sync_device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+
+    def broadcast_weights(self, version: int) -> dict[str, int]:
+        """Every rank (ZeRO-3 gathers are collective): rank 0 streams its full weights to the engines, one bucket
+        at a time; returns what it sent (empty on other ranks)."""
+        from grpo_lambda.distributed.weight_sync import send_weights
+
+        self._require_init()
+        if self.rank != 0:
+            for _ in self._full_named_tensors(on_this_rank=False, unique=True):
+                pass
+            return {}
+        if getattr(self, "_sync_group", None) is None:
+            raise RuntimeError("broadcast_weights before init_weight_sync")
+        tensors = self._full_named_tensors(on_this_rank=True, unique=True, device=self._sync_device)
+        return send_weights(self._sync_group, tensors, version, bucket_bytes=self._sync_bucket_bytes,
+                            dtype=self._sync_dtype, device=self._sync_device).as_dict()  # fmt: skip
 
     def param_checksum(self) -> str:
         """sha256 over every full parameter (name, dtype, shape, bytes); equal on all ranks iff they agree."""

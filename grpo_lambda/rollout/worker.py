@@ -49,6 +49,17 @@ class RolloutWorker:
         self.engine.load_weights(named_tensors, version)
         return self.engine.weights_version()
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def init_weight_sync(self, host: str, port: int, world_size: int, rank_offset: int, **kwargs) -> None:
+        self.engine.init_weight_sync(host, port, world_size, rank_offset, **kwargs)
+
+    def receive_weights(self, version: int) -> dict[str, int]:
+        return self.engine.receive_weights(version)
+
     def verify_weights(self, named_tensors: dict[str, torch.Tensor], atol: float = 0.0) -> list[str]:
         return self.engine.verify_weights(named_tensors, atol)
 

@@ -151,3 +151,40 @@ def test_tied_embeddings_sync_the_lm_head(ray_local, tiny_tied_model_dir, prompt
         assert _max_logp_error(hf, [s for g in groups for s in g]) < LOGP_ATOL
     finally:
         ray_local.kill(handle)
+
+
+@pytest.mark.timeout(300)
+def test_broadcast_streams_weights_into_every_engine(ray_local, tiny_tied_model_dir, prompts):
+    """This process plays learner rank 0 of a gloo sync group and streams a tied model's parameters in small
+    buckets to two engines: both read back equal (lm_head included) and sample the new policy."""
+    from grpo_lambda.distributed.rendezvous import find_free_port
+    from grpo_lambda.distributed.weight_sync import new_sync_group, send_weights
+
+    actor = make_rollout_worker_cls(num_cpus=1)
+    handles = [actor.remote(str(tiny_tied_model_dir), **ENGINE_KWARGS) for _ in range(2)]
+    try:
+        ray_local.get([h.ready.remote() for h in handles])
+        port = find_free_port()
+        joining = [h.init_weight_sync.remote("127.0.0.1", port, 3, 1 + i, backend="gloo", timeout_s=60)
+                   for i, h in enumerate(handles)]  # fmt: skip
+        group = new_sync_group("gloo", "127.0.0.1", port, 0, 3, 60)
+        ray_local.get(joining)
+
+        hf = _hf_model(tiny_tied_model_dir)
+        new_params = _perturbed(dict(hf.named_parameters()), seed=5)
+        assert "lm_head.weight" not in new_params
+        receiving = [h.receive_weights.remote(1) for h in handles]
+        sent = send_weights(
+            group, new_params.items(), 1, bucket_bytes=64 << 10, dtype=torch.float32
+        ).as_dict()
+        assert sent["buckets"] > 2 and sent["tensors"] == len(new_params)
+        assert ray_local.get(receiving) == [sent, sent]
+        assert ray_local.get([h.weights_version.remote() for h in handles]) == [1, 1]
+        assert ray_local.get([h.verify_weights.remote(new_params) for h in handles]) == [[], []]
+
+        hf.load_state_dict(new_params, strict=False)
+        groups = ray_local.get(handles[1].generate.remote(prompts, SamplingSpec(n=2, max_tokens=16, seed=0)))
+        assert _max_logp_error(hf, [s for g in groups for s in g]) < LOGP_ATOL
+    finally:
+        for h in handles:
+            ray_local.kill(h)

@@ -81,9 +81,13 @@ def test_steps_run_sync_and_resume_exactly(ray_local, tmp_path):
 
 @pytest.mark.timeout(400)
 def test_zero3_and_zero1_run(ray_local, tmp_path):
-    for stage in ("zero3", "zero1"):
-        trainer = make_trainer(tmp_path / stage, f"learner={stage}", "trainer.total_steps=1")
+    """ZeRO-3 streams its gathered weights by broadcast (the CPU default); ZeRO-1 goes through the object store.
+    Both are read back equal to the learner's by sync_check."""
+    for stage, sync in (("zero3", "broadcast"), ("zero1", "object_store")):
+        trainer = make_trainer(tmp_path / stage, f"learner={stage}", "trainer.total_steps=1",
+                               f"rollout.weight_sync={sync}")  # fmt: skip
         try:
+            assert trainer.weight_sync == sync
             metrics = trainer.step()
             assert math.isfinite(metrics["learner/loss"]) and metrics["learner/grad_norm"] > 0
             assert len(set(trainer.learner.param_checksums())) == 1
@@ -103,3 +107,33 @@ def test_lora_syncs_merged_weights(ray_local, tmp_path):
         assert metrics["rollout/logp_abs_diff_max"] < 1e-3  # the engine samples from the merged weights
     finally:
         trainer.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_get_fail_fast_raises_the_first_error_without_waiting_for_the_rest(ray_local):
+    """A broadcast whose receiver fails must not wait out the sender's timeout."""
+    import time
+
+    import ray
+
+    from grpo_lambda.trainer import get_fail_fast
+
+    @ray.remote
+    def slow():
+        time.sleep(30)
+
+    @ray.remote
+    def broken():
+        raise ValueError("engine failed")
+
+    slow_refs = [slow.remote(), slow.remote()]
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError, match="engine failed"):
+            get_fail_fast([slow_refs[0], broken.remote()], timeout_s=40)
+        assert time.perf_counter() - t0 < 20
+        with pytest.raises(ray.exceptions.GetTimeoutError):
+            get_fail_fast([slow_refs[1]], timeout_s=0.5)
+    finally:
+        for ref in slow_refs:
+            ray.cancel(ref, force=True)

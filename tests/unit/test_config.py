@@ -259,3 +259,35 @@ def test_cli_precheck_exits_with_hint(capsys):
     assert "did you mean 'algorithm.lam'" in capsys.readouterr().err
     check_overrides_or_exit(["algorithm.lam=0.5", "hydra.run.dir=/tmp/x"])  # valid: returns
     check_overrides_or_exit(["--cfg", "job", "algorithm.lamda=0.5"])  # Hydra flags: left to Hydra
+
+
+@pytest.mark.parametrize(
+    ("mode", "gpus", "placement", "expected"),
+    [
+        ("auto", 0.0, "colocated", "broadcast"),
+        ("auto", 1.0, "split", "broadcast"),
+        ("auto", 1.0, "colocated", "object_store"),  # one GPU in two NCCL ranks is not allowed
+        ("object_store", 0.0, "split", "object_store"),
+        ("broadcast", 0.0, "colocated", "broadcast"),  # gloo has no such limit
+    ],
+)
+def test_weight_sync_auto_resolves_by_device_and_placement(mode, gpus, placement, expected):
+    from grpo_lambda.trainer import resolve_weight_sync
+
+    cfg = load_config([f"rollout.weight_sync={mode}", f"cluster.placement={placement}"])
+    assert resolve_weight_sync(cfg, gpus) == expected
+
+
+def test_broadcast_between_colocated_gpus_is_refused_naming_the_keys():
+    from grpo_lambda.trainer import resolve_weight_sync
+
+    cfg = load_config(["rollout.weight_sync=broadcast", "cluster.placement=colocated"])
+    with pytest.raises(ValueError, match="rollout.weight_sync=broadcast.*cluster.placement=split"):
+        resolve_weight_sync(cfg, 1.0)
+
+
+def test_bad_weight_sync_values_fail_naming_the_key():
+    with pytest.raises(ConfigError, match="rollout.weight_sync"):
+        load_config(["rollout.weight_sync=nccl"])
+    with pytest.raises(ConfigError, match="rollout.sync_bucket_mb"):
+        load_config(["rollout.sync_bucket_mb=0"])
