@@ -44,6 +44,20 @@ def loss_config(cfg: Config) -> LossConfig:
                       kl_coef=a.kl_coef, entropy_coef=a.entropy_coef, loss_agg=a.loss_agg)  # fmt: skip
 
 
+def use_ray_token_if_available() -> bool:
+    """Turn Ray's client token mode on when RAY_AUTH_MODE is unset and a token exists where Ray looks for one
+    (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), as `ray start` itself does. A cluster started by
+    `ray start` with a token requires it (Ray >= 2.59), and a client left in the default mode fails with a bare
+    "Failed to connect"; a cluster without authentication ignores the token. Returns whether token mode is on."""
+    try:  # Ray's own rule; it also refreshes Ray's cached config, which reads the mode once per process
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return False
+    return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def init_ray(cfg: Config) -> None:
     """Join `cluster.address` or start a local Ray sized for this run's actors (logical CPUs may exceed cores)."""
     import ray
@@ -53,6 +67,7 @@ def init_ray(cfg: Config) -> None:
     c = cfg.cluster
     env = {"TOKENIZERS_PARALLELISM": "false", **c.env_vars}
     if c.address:
+        use_ray_token_if_available()
         ray.init(address=c.address, runtime_env={"env_vars": env})
         return
     needed = (cfg.rollout.num_workers + cfg.learner.world_size * cfg.learner.num_cpus_per_rank

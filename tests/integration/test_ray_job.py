@@ -34,7 +34,7 @@ def _wait_for_port(port: int, timeout_s: float) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
     """A second, separate Ray cluster (own temp dir and ports, so the session's local cluster is untouched),
     stopped by signalling its `ray start --block` process group."""
@@ -53,7 +53,8 @@ def ray_head():
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         _wait_for_port(ports["dashboard"], 60)
-        yield {"address": f"http://127.0.0.1:{ports['dashboard']}", "env": env, "token_path": token_path}
+        yield {"address": f"http://127.0.0.1:{ports['dashboard']}", "gcs": f"127.0.0.1:{ports['gcs']}", "env": env,
+               "token_path": token_path}  # fmt: skip
     finally:
         for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
             try:
@@ -83,6 +84,25 @@ def test_ray_submit_runs_training_on_a_started_cluster(ray_head, tmp_path):
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1]
     assert (run_dir / "summary.json").is_file()
+
+
+@pytest.mark.timeout(120)
+def test_a_driver_joins_the_token_cluster_given_only_the_token_path(ray_head):
+    """What the SLURM script does: `RAY_ADDRESS=head:port python -m grpo_lambda.train cluster=ray_job`."""
+    env = {
+        **ray_head["env"],
+        "RAY_ADDRESS": ray_head["gcs"],
+        "RAY_AUTH_TOKEN_PATH": str(ray_head["token_path"]),
+    }
+    code = (
+        "import ray\n"
+        "from grpo_lambda.config import load_config\n"
+        "from grpo_lambda.trainer import init_ray\n"
+        "init_ray(load_config(['cluster=ray_job']))\n"
+        "print('CPUS', ray.cluster_resources()['CPU'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0 and "CPUS 4.0" in done.stdout, (done.stdout + done.stderr)[-3000:]
 
 
 def test_launch_scripts_parse():
