@@ -38,7 +38,7 @@ from omegaconf.errors import (
 from grpo_lambda.tracking import DEFAULT_CONSOLE_KEYS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
+CONF_DIR = Path(__file__).parent / "conf"  # a symlink to the repository's conf/ (a copy inside a wheel)
 SCHEMA_NAME = "grpo_lambda_schema"
 DATA_DIR_ENV = "GRPO_LAMBDA_DATA_DIR"
 
