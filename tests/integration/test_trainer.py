@@ -81,11 +81,11 @@ def test_steps_run_sync_and_resume_exactly(ray_local, tmp_path):
 
 @pytest.mark.timeout(400)
 def test_zero3_and_zero1_run(ray_local, tmp_path):
-    """ZeRO-3 streams its gathered weights by broadcast (the CPU default); ZeRO-1 goes through the object store.
-    Both are read back equal to the learner's by sync_check."""
-    for stage, sync in (("zero3", "broadcast"), ("zero1", "object_store")):
+    """ZeRO-3 streams its gathered weights by broadcast (the CPU default) to a tensor-parallel engine (2 workers,
+    sync-group ranks 1 and 2); ZeRO-1 goes through the object store. Both read back equal (sync_check)."""
+    for stage, sync, tp in (("zero3", "broadcast", 2), ("zero1", "object_store", 1)):
         trainer = make_trainer(tmp_path / stage, f"learner={stage}", "trainer.total_steps=1",
-                               f"rollout.weight_sync={sync}")  # fmt: skip
+                               f"rollout.weight_sync={sync}", f"rollout.tensor_parallel_size={tp}")  # fmt: skip
         try:
             assert trainer.weight_sync == sync
             metrics = trainer.step()

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from grpo_lambda.rollout.engine import SamplingSpec, mismatched_weights, weight_checksums
-from grpo_lambda.rollout.vllm_engine import TCMALLOC_PATH, check_complete_modules, vllm_env_vars
+from grpo_lambda.rollout.vllm_engine import (
+    TCMALLOC_PATH,
+    check_complete_modules,
+    merge_weight_shards,
+    vllm_env_vars,
+)
 from grpo_lambda.rollout.worker import rollout_worker_runtime_env
 
 LLAMA_PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
@@ -73,3 +78,22 @@ def test_actor_environment():
     assert ("LD_PRELOAD" in cpu) == os.path.exists(TCMALLOC_PATH)
     assert "VLLM_CPU_OMP_THREADS_BIND" not in vllm_env_vars(on_cpu=False)
     assert rollout_worker_runtime_env(0, {"X": "1"})["env_vars"]["X"] == "1"
+
+
+def test_merge_weight_shards_joins_split_dims_and_skips_replicated_kv_heads():
+    full_q, full_k = torch.arange(24.0).view(4, 6), torch.arange(12.0).view(2, 6)
+    o_proj, norm = torch.arange(24.0).view(6, 4), torch.ones(6)
+    per_rank = [  # 4 tensor-parallel ranks
+        {
+            "q": (full_q[r : r + 1], 0, 1),  # column-parallel: each rank holds rows
+            "k": (full_k[r // 2 : r // 2 + 1], 0, 2),  # 2 KV heads over 4 ranks: each head held by 2 ranks
+            "o": (o_proj[:, r : r + 1], 1, 1),  # row-parallel: each rank holds columns
+            "norm": (norm, None, 1),  # replicated
+        }
+        for r in range(4)
+    ]
+    merged = merge_weight_shards(per_rank)
+    assert torch.equal(merged["q"], full_q) and torch.equal(merged["k"], full_k)
+    assert torch.equal(merged["o"], o_proj) and torch.equal(merged["norm"], norm)
+    single = merge_weight_shards([{"w": (full_q, None, 1)}])
+    assert torch.equal(single["w"], full_q)
