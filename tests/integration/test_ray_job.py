@@ -106,5 +106,5 @@ def test_a_driver_joins_the_token_cluster_given_only_the_token_path(ray_head):
 
 
 def test_launch_scripts_parse():
-    for script in ("scripts/ray_submit.sh", "scripts/slurm/train.sbatch"):
+    for script in ("scripts/ray_submit.sh", "scripts/slurm/train.sbatch", "scripts/device_run.sh"):
         subprocess.run(["bash", "-n", str(REPO / script)], check=True)
