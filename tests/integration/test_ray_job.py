@@ -97,7 +97,7 @@ def test_a_driver_joins_the_token_cluster_given_only_the_token_path(ray_head):
     code = (
         "import ray\n"
         "from grpo_lambda.config import load_config\n"
-        "from grpo_lambda.trainer import init_ray\n"
+        "from grpo_lambda.launch import init_ray\n"
         "init_ray(load_config(['cluster=ray_job']))\n"
         "print('CPUS', ray.cluster_resources()['CPU'])\n"
     )

@@ -116,7 +116,7 @@ def test_get_fail_fast_raises_the_first_error_without_waiting_for_the_rest(ray_l
 
     import ray
 
-    from grpo_lambda.trainer import get_fail_fast
+    from grpo_lambda.launch import get_fail_fast
 
     @ray.remote
     def slow():

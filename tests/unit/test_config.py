@@ -272,14 +272,14 @@ def test_cli_precheck_exits_with_hint(capsys):
     ],
 )
 def test_weight_sync_auto_resolves_by_device_and_placement(mode, gpus, placement, expected):
-    from grpo_lambda.trainer import resolve_weight_sync
+    from grpo_lambda.launch import resolve_weight_sync
 
     cfg = load_config([f"rollout.weight_sync={mode}", f"cluster.placement={placement}"])
     assert resolve_weight_sync(cfg, gpus) == expected
 
 
 def test_broadcast_between_colocated_gpus_is_refused_naming_the_keys():
-    from grpo_lambda.trainer import resolve_weight_sync
+    from grpo_lambda.launch import resolve_weight_sync
 
     cfg = load_config(["rollout.weight_sync=broadcast", "cluster.placement=colocated"])
     with pytest.raises(ValueError, match="rollout.weight_sync=broadcast.*cluster.placement=split"):
