@@ -137,3 +137,26 @@ def test_get_fail_fast_raises_the_first_error_without_waiting_for_the_rest(ray_l
     finally:
         for ref in slow_refs:
             ray.cancel(ref, force=True)
+
+
+@pytest.mark.timeout(300)
+def test_a_dead_engine_fails_the_broadcast_sync_at_once_not_after_the_timeout(ray_local, tmp_path):
+    """An engine that dies before a broadcast sync: the driver raises the actor's death within seconds, far
+    below rollout.sync_timeout_s, instead of leaving learner rank 0 blocked in the collective."""
+    import time
+
+    import ray
+
+    trainer = make_trainer(tmp_path, "rollout.sync_timeout_s=120", "rollout.sync_check=false")
+    try:
+        assert trainer.weight_sync == "broadcast"
+        trainer.sync_weights()  # a healthy sync first
+        ray.kill(trainer.workers[0])
+        t0 = time.perf_counter()
+        with pytest.raises(ray.exceptions.RayActorError):
+            trainer.sync_weights()
+        assert time.perf_counter() - t0 < 60
+        # learner rank 0 is not left blocked in the broadcast either: gloo saw the peer go and raised
+        ray.get(trainer.learner.group.call_async("param_checksum"), timeout=60)
+    finally:
+        trainer.shutdown()
