@@ -61,6 +61,7 @@ ARITHMETIC_STYLES = ("expression", "word", "mixed")
 WANDB_MODES = ("offline", "online", "disabled")
 PLACEMENTS = ("colocated", "split")
 WEIGHT_SYNCS = ("auto", "broadcast", "object_store")
+SYNC_BACKENDS = ("auto", "gloo", "nccl")
 BUILTIN_MODELS = ("tiny", "smollm2-135m-instruct")  # names the model builder resolves without a folder
 
 
@@ -131,8 +132,9 @@ class RolloutConfig:
     enforce_eager: bool = True
     dtype: str = "auto"  # auto = model.dtype
     tensor_parallel_size: int = 1
-    # learner -> engines: broadcast (bucketed, over a gloo/nccl group), object_store (Ray), auto (see trainer)
+    # learner -> engines: broadcast (bucketed, over a gloo/nccl group), object_store (Ray), auto (= broadcast)
     weight_sync: str = "auto"
+    sync_backend: str = "auto"  # broadcast group: auto = nccl between GPUs in split placement, else gloo
     sync_bucket_mb: float = 256.0  # broadcast bucket size
     sync_check: bool = False  # after each weight sync, check engine weights equal the learner's
     sync_timeout_s: float = 300.0
@@ -507,6 +509,7 @@ def _validate_rollout(c: _Checker, cfg: Config) -> None:
     )
     c.check(r.sync_timeout_s > 0, "rollout.sync_timeout_s", r.sync_timeout_s, "must be > 0")
     c.choice("rollout.weight_sync", r.weight_sync, WEIGHT_SYNCS)
+    c.choice("rollout.sync_backend", r.sync_backend, SYNC_BACKENDS)
     c.check(r.sync_bucket_mb > 0, "rollout.sync_bucket_mb", r.sync_bucket_mb, "must be > 0")
 
 

@@ -63,19 +63,29 @@ def place(cfg: Config, gpus: float) -> dict:
     return place_roles(roles, colocate=colocate)
 
 
-def resolve_weight_sync(cfg: Config, gpus: float) -> str:
-    """rollout.weight_sync with `auto` resolved: broadcast, except on GPUs in colocated placement, where learner
-    rank 0 and an engine share a device (NCCL cannot place one device in two ranks) and the object store is used."""
-    mode = cfg.rollout.weight_sync
+def resolve_weight_sync(cfg: Config, gpus: float) -> tuple[str, str | None]:
+    """(rollout.weight_sync, the broadcast group's backend or None) with `auto` resolved.
+
+    auto: broadcast. Its group uses NCCL between GPUs in split placement; gloo on CPUs and for colocated GPUs,
+    where learner rank 0 and an engine share a device, which NCCL cannot put in two ranks of a group (the
+    buckets then travel through host memory, still one bucket at a time)."""
+    r = cfg.rollout
     colocated_gpus = gpus > 0 and cfg.cluster.placement == "colocated"
-    if mode == "auto":
-        return "object_store" if colocated_gpus else "broadcast"
-    if mode == "broadcast" and colocated_gpus:
+    mode = "broadcast" if r.weight_sync == "auto" else r.weight_sync
+    if mode != "broadcast":
+        return mode, None
+    backend = r.sync_backend
+    if backend == "auto":
+        backend = "nccl" if gpus > 0 and not colocated_gpus else "gloo"
+    if backend == "nccl" and gpus == 0:
+        raise ValueError("rollout.sync_backend=nccl needs GPUs; this cluster has none: use auto or gloo")
+    if backend == "nccl" and colocated_gpus:
         raise ValueError(
-            "rollout.weight_sync=broadcast: on GPUs in colocated placement learner rank 0 and an engine share a "
-            "device, which NCCL cannot broadcast between; use cluster.placement=split or rollout.weight_sync=auto"
+            "rollout.sync_backend=nccl: on GPUs in colocated placement learner rank 0 and an engine share a "
+            "device, which NCCL cannot broadcast between; use rollout.sync_backend=gloo (or auto) or "
+            "cluster.placement=split"
         )
-    return mode
+    return mode, backend
 
 
 def build_rollout_workers(cfg: Config, model_path: str, placement, gpus: float) -> list:
@@ -124,7 +134,7 @@ def get_fail_fast(refs: list, timeout_s: float) -> list:
     return ray.get(refs)
 
 
-def init_broadcast_sync(cfg: Config, learner, workers: list, gpus: float) -> None:
+def init_broadcast_sync(cfg: Config, learner, workers: list, backend: str) -> None:
     """One sync group: learner rank 0 is rank 0, engine i's tensor-parallel worker j is 1 + i·tp + j."""
     import ray
 
@@ -133,7 +143,6 @@ def init_broadcast_sync(cfg: Config, learner, workers: list, gpus: float) -> Non
     nodes = {ray.get(rank0.node_id.remote()), *ray.get([w.node_id.remote() for w in workers])}
     host, port = ray.get(rank0.master_address.remote(len(nodes) == 1))
     world = 1 + len(workers) * r.tensor_parallel_size
-    backend = "nccl" if gpus > 0 else "gloo"
     dtype = cfg.model.dtype if r.dtype == "auto" else r.dtype
     refs = [
         learner.init_weight_sync_async(

@@ -101,9 +101,9 @@ class Trainer:
                                     reference=self.loss_cfg.kl_coef > 0, placement=self.placement["learner"],
                                     backend=None if cfg.learner.backend == "auto" else cfg.learner.backend,
                                     extra_env=cfg.cluster.env_vars)  # fmt: skip
-        self.weight_sync = resolve_weight_sync(cfg, gpus)
+        self.weight_sync, sync_backend = resolve_weight_sync(cfg, gpus)
         if self.weight_sync == "broadcast":
-            init_broadcast_sync(cfg, self.learner, self.workers, gpus)
+            init_broadcast_sync(cfg, self.learner, self.workers, sync_backend)
         self.step_num, self.version = 0, 0
         resume_from = checkpoint.find_resume(cfg.run_dir, cfg.trainer.resume)
         if resume_from is not None:

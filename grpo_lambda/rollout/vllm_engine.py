@@ -357,15 +357,17 @@ class WeightSyncExtension:
         self.grpo_sync_group = new_sync_group(
             backend, host, port, rank_offset + self.rank, world_size, timeout_s
         )
+        self.grpo_sync_backend = backend
 
     def grpo_receive_weights(self, version: int, tied: bool) -> dict[str, int]:
-        """Stream the broadcast weights into vLLM's in-place reload (buffers on this worker's device for nccl)."""
+        """Stream the broadcast weights into vLLM's in-place reload."""
         from grpo_lambda.distributed.weight_sync import WeightReceiver
 
         group = getattr(self, "grpo_sync_group", None)
         if group is None:
             raise RuntimeError("receive_weights before init_weight_sync")
-        device = self.device if self.device is not None and self.device.type == "cuda" else "cpu"
+        # nccl: buffers on this worker's GPU; gloo: in host memory (vLLM's loader copies them to the device)
+        device = self.device if self.grpo_sync_backend == "nccl" else "cpu"
         # A tied model's learner sends the embedding once; vLLM-CPU's packed lm_head needs it as well.
         aliases = {"model.embed_tokens.weight": "lm_head.weight"} if tied else {}
         receiver = WeightReceiver(group, version, device, aliases)

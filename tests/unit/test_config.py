@@ -262,28 +262,34 @@ def test_cli_precheck_exits_with_hint(capsys):
 
 
 @pytest.mark.parametrize(
-    ("mode", "gpus", "placement", "expected"),
+    ("mode", "backend", "gpus", "placement", "expected"),
     [
-        ("auto", 0.0, "colocated", "broadcast"),
-        ("auto", 1.0, "split", "broadcast"),
-        ("auto", 1.0, "colocated", "object_store"),  # one GPU in two NCCL ranks is not allowed
-        ("object_store", 0.0, "split", "object_store"),
-        ("broadcast", 0.0, "colocated", "broadcast"),  # gloo has no such limit
+        ("auto", "auto", 0.0, "colocated", ("broadcast", "gloo")),
+        ("auto", "auto", 1.0, "split", ("broadcast", "nccl")),
+        ("auto", "auto", 1.0, "colocated", ("broadcast", "gloo")),  # one GPU in two NCCL ranks is not allowed
+        ("broadcast", "gloo", 1.0, "split", ("broadcast", "gloo")),
+        ("object_store", "auto", 0.0, "split", ("object_store", None)),
     ],
 )
-def test_weight_sync_auto_resolves_by_device_and_placement(mode, gpus, placement, expected):
+def test_weight_sync_auto_resolves_by_device_and_placement(mode, backend, gpus, placement, expected):
     from grpo_lambda.launch import resolve_weight_sync
 
-    cfg = load_config([f"rollout.weight_sync={mode}", f"cluster.placement={placement}"])
+    cfg = load_config(
+        [f"rollout.weight_sync={mode}", f"rollout.sync_backend={backend}", f"cluster.placement={placement}"]
+    )
     assert resolve_weight_sync(cfg, gpus) == expected
 
 
-def test_broadcast_between_colocated_gpus_is_refused_naming_the_keys():
+@pytest.mark.parametrize(
+    ("gpus", "placement", "match"),
+    [(1.0, "colocated", "rollout.sync_backend=nccl.*sync_backend=gloo"), (0.0, "split", "needs GPUs")],
+)
+def test_impossible_nccl_sync_is_refused_naming_the_key(gpus, placement, match):
     from grpo_lambda.launch import resolve_weight_sync
 
-    cfg = load_config(["rollout.weight_sync=broadcast", "cluster.placement=colocated"])
-    with pytest.raises(ValueError, match="rollout.weight_sync=broadcast.*cluster.placement=split"):
-        resolve_weight_sync(cfg, 1.0)
+    cfg = load_config(["rollout.sync_backend=nccl", f"cluster.placement={placement}"])
+    with pytest.raises(ValueError, match=match):
+        resolve_weight_sync(cfg, gpus)
 
 
 def test_bad_weight_sync_values_fail_naming_the_key():
@@ -291,3 +297,5 @@ def test_bad_weight_sync_values_fail_naming_the_key():
         load_config(["rollout.weight_sync=nccl"])
     with pytest.raises(ConfigError, match="rollout.sync_bucket_mb"):
         load_config(["rollout.sync_bucket_mb=0"])
+    with pytest.raises(ConfigError, match="rollout.sync_backend"):
+        load_config(["rollout.sync_backend=mpi"])
