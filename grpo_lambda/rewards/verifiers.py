@@ -65,18 +65,25 @@ def extract_math_answer(response: str) -> str | None:
     return answer_phrase(text) or last_number(text)
 
 
+def _extract_prepared(response: object, extract) -> tuple[str, str] | None:
+    """(extracted answer, its prepared form) of a string response; None when it is not a string, has no answer
+    or the answer is rejected (too long, too deeply nested)."""
+    if not isinstance(response, str):
+        return None
+    try:
+        extracted = extract(response)
+        return None if extracted is None else (extracted, prepare_answer(extracted))
+    except AnswerRejected:
+        return None
+
+
 def verify_math(response: object, answer: str) -> tuple[float, str]:
     """Grade a MATH-style response against a gold answer: ``(1.0, "correct")`` or ``(0.0, outcome)``."""
     gold = prepare_gold(answer)
-    if not isinstance(response, str):
+    found = _extract_prepared(response, extract_math_answer)
+    if found is None or not found[1]:
         return 0.0, UNPARSABLE
-    try:
-        extracted = extract_math_answer(response)
-        pred = prepare_answer(extracted) if extracted is not None else ""
-    except AnswerRejected:
-        return 0.0, UNPARSABLE
-    if not pred:
-        return 0.0, UNPARSABLE
+    extracted, pred = found
     assignment = _ASSIGNMENT_RE.fullmatch(pred)
     if assignment and "=" not in gold:  # "x = 5" answers "5" (as math-verify reads it)
         pred = assignment.group(1)
@@ -122,13 +129,10 @@ def verify_gsm8k(response: object, answer: str) -> tuple[float, str]:
     gold = as_number(prepare_gold(answer))
     if gold is None:
         raise GoldAnswerError(f"gsm8k gold answer {str(answer)[:200]!r} is not a number")
-    if not isinstance(response, str):
+    found = _extract_prepared(response, extract_gsm8k_answer)
+    if found is None:
         return 0.0, UNPARSABLE
-    try:
-        extracted = extract_gsm8k_answer(response)
-        pred = prepare_answer(extracted) if extracted is not None else ""
-    except AnswerRejected:
-        return 0.0, UNPARSABLE
+    pred = found[1]
     value = as_number(pred)
     if value is None:  # "\$1,080 dollars", "5 x 3 = 15": the last number in the answer
         last = last_number(pred)
