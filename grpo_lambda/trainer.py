@@ -1,9 +1,9 @@
-"""The GRPO-λ training loop (DESIGN.md, "one step"): prompts → rollout → rewards → advantages → learn → sync → log.
+"""The GRPO-λ training loop (docs/design.md, "one step"): each phase of `Trainer.step` is one line, timed by its name.
 
     trainer = Trainer(cfg); summary = trainer.run()
 
-What it starts (Ray, placement groups, rollout workers, the weight-sync group) is built in `launch.py`;
-`Trainer.step` reads top to bottom like the design's data flow.
+`__init__` starts the roles (launch.py: Ray and placement; rollout/group.py: the vLLM engines; learner/group.py:
+the DeepSpeed ranks; rewards/pool.py: the verifiers; distributed/weight_sync.py: learner -> engines).
 """
 
 from __future__ import annotations
@@ -18,37 +18,22 @@ from typing import Any
 import torch
 
 from grpo_lambda import checkpoint
-from grpo_lambda.algorithms import LossConfig, compute_advantages
-from grpo_lambda.config import Config
+from grpo_lambda.algorithms import compute_advantages
+from grpo_lambda.config.schema import Config
 from grpo_lambda.data.datasets import build_eval_rows, build_train_rows
 from grpo_lambda.data.sampler import PromptSampler
 from grpo_lambda.data.templates import Prompt, PromptFormatter
+from grpo_lambda.distributed.weight_sync import WeightSync
 from grpo_lambda.eval import summarize_correctness
-from grpo_lambda.launch import (
-    build_rollout_workers,
-    get_fail_fast,
-    init_broadcast_sync,
-    init_ray,
-    place,
-    resolve_weight_sync,
-)
-from grpo_lambda.learner.batch import build_batch
-from grpo_lambda.learner.config import LearnerConfig
+from grpo_lambda.launch import VERIFIER_CPUS, init_ray, place, release
+from grpo_lambda.learner.batch import LearnerBatch, build_batch
 from grpo_lambda.learner.group import LearnerGroup
 from grpo_lambda.models import resolve_model
-from grpo_lambda.rewards import VerifierPool, VerifyRequest, outcome_metrics
-from grpo_lambda.rollout.engine import Sample, SamplingSpec
+from grpo_lambda.rewards import VerifierPool, VerifyRequest, VerifyResult, outcome_metrics
+from grpo_lambda.rollout.group import RolloutGroup
+from grpo_lambda.rollout.sampling import Sample, SamplingSpec
 from grpo_lambda.tracking import Tracker
 from grpo_lambda.utils import Timer, set_seed
-
-
-# ------------------------------------------------------------------------------------------ building blocks
-def loss_config(cfg: Config) -> LossConfig:
-    a = cfg.algorithm
-    return LossConfig(policy_loss=a.policy_loss, clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high,
-                      dual_clip_c=a.dual_clip_c, gamma=a.gamma, lam=a.lam, trace_style=a.trace_style,
-                      trace_anchor=a.trace_anchor, trace_floor=a.trace_floor, kl_estimator=a.kl_estimator,
-                      kl_coef=a.kl_coef, entropy_coef=a.entropy_coef, loss_agg=a.loss_agg)  # fmt: skip
 
 
 def step_seed(seed: int, step: int, salt: str = "rollout") -> int:
@@ -65,16 +50,17 @@ class Rollout:
     prompts: list[Prompt]
     samples: list[list[Sample]]
     rewards: torch.Tensor  # [P*G]
-    outcomes: list
+    outcomes: list[VerifyResult]
+
+    def flat(self) -> list[Sample]:
+        return [s for group in self.samples for s in group]
 
 
-# ------------------------------------------------------------------------------------------ the trainer
 class Trainer:
     def __init__(self, cfg: Config):
-        import ray
         from transformers import AutoTokenizer
 
-        self.cfg, self.loss_cfg, self.timer = cfg, loss_config(cfg), Timer()
+        self.cfg, self.timer = cfg, Timer()
         set_seed(cfg.trainer.seed)
         self.model_path = str(resolve_model(cfg.model.path))
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_path or self.model_path)
@@ -91,90 +77,77 @@ class Trainer:
             name: self.formatter.format_rows(rows)[0] for name, rows in build_eval_rows(cfg).items()
         }
 
-        init_ray(cfg)
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        self.verifier = VerifierPool(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
-                                     use_ray=True, num_cpus_per_worker=0.5)  # fmt: skip
+        gpus = init_ray(cfg)
+        self.verifier = VerifierPool(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s, use_ray=True,
+                                     num_cpus_per_worker=VERIFIER_CPUS)  # fmt: skip
         self.placement = place(cfg, gpus)
-        self.workers = build_rollout_workers(cfg, self.model_path, self.placement["rollout"], gpus)
-        self.learner = LearnerGroup(cfg.learner.world_size, self.model_path, LearnerConfig.from_run_config(cfg),
-                                    reference=self.loss_cfg.kl_coef > 0, placement=self.placement["learner"],
-                                    backend=None if cfg.learner.backend == "auto" else cfg.learner.backend,
-                                    extra_env=cfg.cluster.env_vars)  # fmt: skip
-        self.weight_sync, sync_backend = resolve_weight_sync(cfg, gpus)
-        if self.weight_sync == "broadcast":
-            init_broadcast_sync(cfg, self.learner, self.workers, sync_backend)
-        self.step_num, self.version = 0, 0
+        self.rollout = RolloutGroup(cfg, self.model_path, self.placement["rollout"], gpus)
+        self.learner = LearnerGroup(cfg, self.model_path, placement=self.placement["learner"])
+        self.weight_sync = WeightSync(cfg, self.learner, self.rollout, gpus)
+        self.step_num = 0
         resume_from = checkpoint.find_resume(cfg.run_dir, cfg.trainer.resume)
         if resume_from is not None:
             self._restore(resume_from)
-        self.tracker = Tracker.from_config(cfg, start_step=self.step_num)
+        self.tracker = Tracker.for_run(cfg, start_step=self.step_num)
 
     # -------------------------------------------------------------------------------------- one step
     def step(self) -> dict[str, float]:
-        cfg, timer = self.cfg, self.timer
+        cfg, timer, a = self.cfg, self.timer, self.cfg.algorithm
         timer.reset()
         t0 = time.perf_counter()
         spec = self._spec(step_seed(cfg.trainer.seed, self.step_num))
-        rollout = self.dynamic_sampling(self.rollout(self.sampler.next_batch(), spec), spec)  # timed inside
-        a = cfg.algorithm
+        prompts = self.sampler.next_batch()
+        with timer("generate"):
+            samples = self.rollout.generate(prompts, spec)
+        with timer("reward"):
+            rollout = self.score(prompts, samples)
+        if a.dynamic_sampling:
+            rollout = self.dynamic_sampling(rollout, spec)  # refills are timed as generate / reward
         adv = compute_advantages(rollout.rewards, cfg.rollout.samples_per_prompt, estimator=a.adv_estimator,
                                  eps=a.adv_eps, neg_clamp=a.neg_adv_clamp)  # fmt: skip
-        flat = [s for group in rollout.samples for s in group]
-        batch = build_batch(
-            [s.prompt_ids for s in flat],
-            [s.response_ids for s in flat],
-            adv,
-            behaviour_logp=[s.response_logp for s in flat],  # for the engine-vs-learner diagnostic only
-            pad_token_id=self.pad_id,
-        )
-        with timer("learn"):
-            self._call_workers("sleep")  # frees the GPU for a colocated learner; a no-op on CPU
-            metrics = self.learner.train_step(batch, self.loss_cfg)
-        if not math.isfinite(metrics["learner/loss"]):
-            raise FloatingPointError(
-                f"step {self.step_num + 1}: learner loss is {metrics['learner/loss']}; stopping before the bad "
-                "weights reach the engines (the last checkpoint is intact: lower learner.lr or check the data)"
-            )
+        batch = self._learner_batch(rollout, adv)
+        with timer("sleep", record=self.rollout.sleep_mode):
+            self.rollout.sleep()  # colocated GPUs: free the engines' memory for the learner
+        if self.learner.needs_old_logp(len(batch)):
+            with timer("old_logp"):
+                batch = batch.replace(old_logp=self.learner.compute_logp(batch))
+        if a.kl_coef > 0:
+            with timer("ref_logp"):
+                batch = batch.replace(ref_logp=self.learner.compute_logp(batch, reference=True))
+        with timer("update"):
+            metrics = self.learner.train_step(batch)
+        self._require_finite(metrics["learner/loss"])
+        with timer("wake", record=self.rollout.sleep_mode):
+            self.rollout.wake_up()
         with timer("sync"):
-            self._call_workers("wake_up")
-            self.sync_weights()
-        metrics.update(self._rollout_metrics(rollout, flat, adv))
+            self.weight_sync.push()
+        metrics.update(self._rollout_metrics(rollout, adv))
         metrics.update(timer.metrics())
         metrics["time/step_s"] = time.perf_counter() - t0
         metrics["time/other_s"] = metrics["time/step_s"] - sum(timer.durations.values())
         self.step_num += 1
         return metrics
 
-    def rollout(self, prompts: list[Prompt], spec: SamplingSpec) -> Rollout:
-        """Generate G samples per prompt across the workers, then grade them in the verifier pool."""
-        import ray
-
-        with self.timer("generate"):
-            shards = [prompts[i :: len(self.workers)] for i in range(len(self.workers))]
-            refs = [
-                w.generate.remote([p.token_ids for p in s], spec) for w, s in zip(self.workers, shards) if s
-            ]
-            outs = ray.get(refs)
-            by_prompt: dict[int, list[Sample]] = {}
-            for w, out in enumerate(outs):
-                for j, group in enumerate(out):
-                    by_prompt[w + j * len(self.workers)] = group
-            samples = [by_prompt[i] for i in range(len(prompts))]
-        with self.timer("reward"):
-            rw = self.cfg.reward
-            requests = [VerifyRequest(response=s.text, answer=p.answer, verifier=p.verifier, correct=rw.correct,
-                                      wrong=rw.wrong, format_weight=rw.format_weight)
-                        for p, group in zip(prompts, samples) for s in group]  # fmt: skip
-            results = self.verifier.score(requests)
+    def score(self, prompts: list[Prompt], samples: list[list[Sample]]) -> Rollout:
+        """Grade every sample against its prompt's gold answer in the verifier pool."""
+        rw = self.cfg.reward
+        requests = [VerifyRequest(response=s.text, answer=p.answer, verifier=p.verifier, correct=rw.correct,
+                                  wrong=rw.wrong, format_weight=rw.format_weight)
+                    for p, group in zip(prompts, samples) for s in group]  # fmt: skip
+        results = self.verifier.score(requests)
         return Rollout(prompts, samples, torch.tensor([r.reward for r in results]), results)
+
+    def sample(self, prompts: list[Prompt], spec: SamplingSpec) -> Rollout:
+        """Generate, then score (dynamic sampling's refills and evaluation)."""
+        with self.timer("generate"):
+            samples = self.rollout.generate(prompts, spec)
+        with self.timer("reward"):
+            return self.score(prompts, samples)
 
     def dynamic_sampling(self, rollout: Rollout, spec: SamplingSpec) -> Rollout:
         """Keep groups whose rewards vary (std > eps), refilling from the sampler up to max_refill_rounds;
         groups with no signal fill any remaining slots (their advantages are 0)."""
         a, G = self.cfg.algorithm, self.cfg.rollout.samples_per_prompt
-        if not a.dynamic_sampling:
-            return rollout
         P = len(rollout.prompts)
         kept, flat = [], []
         current = rollout
@@ -187,7 +160,7 @@ class Trainer:
             refill_spec = dataclasses.replace(
                 spec, seed=None if spec.seed is None else spec.seed + round_ + 1
             )
-            current = self.rollout(self.sampler.next_batch(P - len(kept)), refill_spec)
+            current = self.sample(self.sampler.next_batch(P - len(kept)), refill_spec)
         chosen = (kept + flat)[:P]
         return Rollout(
             [r.prompts[i] for r, i in chosen], [r.samples[i] for r, i in chosen],
@@ -195,35 +168,18 @@ class Trainer:
             [o for r, i in chosen for o in r.outcomes[i * G : (i + 1) * G]],
         )  # fmt: skip
 
-    def sync_weights(self) -> None:
-        """Push the learner's weights to every engine (versioned; timed out rather than hung; optional check)."""
-        import ray
+    def _learner_batch(self, rollout: Rollout, adv: torch.Tensor) -> LearnerBatch:
+        flat = rollout.flat()
+        return build_batch([s.prompt_ids for s in flat], [s.response_ids for s in flat], adv,
+                           behaviour_logp=[s.response_logp for s in flat],  # engine-vs-learner diagnostic only
+                           pad_token_id=self.pad_id)  # fmt: skip
 
-        self.version += 1
-        timeout = self.cfg.rollout.sync_timeout_s
-        try:
-            if self.weight_sync == "broadcast":
-                sending = self.learner.broadcast_weights_async(self.version)
-                receiving = [w.receive_weights.remote(self.version) for w in self.workers]
-                results = get_fail_fast(
-                    sending + receiving, timeout
-                )  # a failed side must not wait out the other
-                sent, received = results[0], results[len(sending) :]
-                for i, got in enumerate(received):
-                    if got != sent:
-                        raise RuntimeError(f"weight sync: engine {i} received {got}, the learner sent {sent}")
-            else:
-                weights = self.learner.state_dict_for_sync()
-                ray.get([w.load_weights.remote(weights, self.version) for w in self.workers], timeout=timeout)
-            if self.cfg.rollout.sync_check:
-                weights = self.learner.state_dict_for_sync()
-                bad = ray.get([w.verify_weights.remote(weights) for w in self.workers], timeout=timeout)
-                if any(bad):
-                    raise RuntimeError(f"weight sync check failed: engines differ from the learner in {bad}")
-        except ray.exceptions.GetTimeoutError:
-            raise TimeoutError(
-                f"weight sync to the rollout engines took longer than rollout.sync_timeout_s={timeout}"
-            ) from None
+    def _require_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"step {self.step_num + 1}: learner loss is {loss}; stopping before the bad weights reach the "
+                "engines (the last checkpoint is intact: lower learner.lr or check the data)"
+            )
 
     # -------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -256,7 +212,7 @@ class Trainer:
                             max_tokens=e.max_response_tokens or self.cfg.model.max_response_tokens,
                             seed=step_seed(self.cfg.trainer.seed, self.step_num, "eval"))  # fmt: skip
         for name, prompts in self.eval_sets.items():
-            r = self.rollout(prompts, spec)
+            r = self.sample(prompts, spec)
             correct = [[o.outcome == "correct" for o in r.outcomes[i * spec.n : (i + 1) * spec.n]]
                        for i in range(len(prompts))]  # fmt: skip
             ks = sorted({1, spec.n})
@@ -267,7 +223,7 @@ class Trainer:
     def save(self) -> None:
         folder = checkpoint.step_dir(self.cfg.run_dir, self.step_num)
         self.learner.save_checkpoint(str(folder / "learner"), "model")
-        state = {"step": self.step_num, "version": self.version, "sampler": self.sampler.state_dict(),
+        state = {"step": self.step_num, "version": self.weight_sync.version, "sampler": self.sampler.state_dict(),
                  "rng": checkpoint.rng_state()}  # fmt: skip
         checkpoint.commit(self.cfg.run_dir, self.step_num, state, keep=self.cfg.trainer.keep_checkpoints)
 
@@ -276,37 +232,27 @@ class Trainer:
         self.learner.load_checkpoint(str(folder / "learner"), "model")
         self.sampler.load_state_dict(state["sampler"])
         checkpoint.set_rng_state(state["rng"])
-        self.step_num, self.version = state["step"], state["version"]
-        self.sync_weights()  # the engines start from the base model: give them the checkpoint's weights first
+        self.step_num, self.weight_sync.version = state["step"], state["version"]
+        self.weight_sync.push()  # the engines start from the base model: give them the checkpoint's weights first
         print(f"[grpo-lambda] resumed from {folder} at step {self.step_num}")
 
     def shutdown(self) -> None:
-        import ray
-
-        for name in ("learner", "verifier"):
+        for name in ("learner", "verifier", "rollout"):
             part = getattr(self, name, None)
             if part is not None:
                 part.shutdown()
-        for w in getattr(self, "workers", []):
-            ray.kill(w)
         if getattr(self, "placement", None):
-            from ray.util.placement_group import remove_placement_group
-
-            for pg in {id(p.placement_group): p.placement_group for p in self.placement.values()}.values():
-                remove_placement_group(pg)
+            release(self.placement)
+            self.placement = None
 
     # -------------------------------------------------------------------------------------- helpers
-    def _call_workers(self, method: str) -> None:
-        import ray
-
-        ray.get([getattr(w, method).remote() for w in self.workers])
-
     def _spec(self, seed: int) -> SamplingSpec:
         r = self.cfg.rollout
         return SamplingSpec(n=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                             max_tokens=self.cfg.model.max_response_tokens, seed=seed)  # fmt: skip
 
-    def _rollout_metrics(self, rollout: Rollout, flat: list[Sample], adv: torch.Tensor) -> dict[str, float]:
+    def _rollout_metrics(self, rollout: Rollout, adv: torch.Tensor) -> dict[str, float]:
+        flat = rollout.flat()
         lengths = torch.tensor([len(s.response_ids) for s in flat], dtype=torch.float32)
         rewards = rollout.rewards
         gen_s = self.timer.durations.get("generate", 0.0)
@@ -319,7 +265,7 @@ class Trainer:
             "response/length_max": lengths.max().item(),
             "response/clip_frac": sum(s.finish_reason == "length" for s in flat) / len(flat),
             "rollout/tokens_per_s": lengths.sum().item() / gen_s if gen_s > 0 else 0.0,
-            "rollout/weights_version": float(self.version),
+            "rollout/weights_version": float(self.weight_sync.version),
         }  # fmt: skip
         m.update(outcome_metrics(rollout.outcomes))
         return m

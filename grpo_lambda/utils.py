@@ -67,18 +67,21 @@ class Timer:
     with timer("generate"):
         ...
     timer.metrics()  # {"time/generate_s": 1.23}
+
+    `record=False` runs the block untimed (a phase that costs nothing in this set-up gets no metric).
     """
 
     def __init__(self) -> None:
         self.durations: dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: str, record: bool = True) -> Iterator[None]:
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.durations[name] = self.durations.get(name, 0.0) + time.perf_counter() - start
+            if record:
+                self.durations[name] = self.durations.get(name, 0.0) + time.perf_counter() - start
 
     def metrics(self, prefix: str = "time/", suffix: str = "_s") -> dict[str, float]:
         return {f"{prefix}{name}{suffix}": value for name, value in self.durations.items()}

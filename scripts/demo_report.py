@@ -36,7 +36,7 @@ def report(rows: list[dict], window: int) -> dict:
         "step_s_mean": statistics.fmean(step_times) if step_times else None,
         "train_min": sum(step_times) / 60 if step_times else None,
     }
-    for phase in ("generate", "reward", "learn", "sync"):
+    for phase in ("generate", "reward", "sleep", "old_logp", "ref_logp", "update", "wake", "sync"):
         vals = [r.get(f"time/{phase}_s") for r in train if r.get(f"time/{phase}_s") is not None]
         out[f"{phase}_s_mean"] = statistics.fmean(vals) if vals else None
     if out["reward_first"] is not None:

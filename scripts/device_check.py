@@ -28,6 +28,7 @@ import traceback
 import torch
 
 from grpo_lambda.algorithms import LossConfig, grpo_lambda_loss, lambda_trace
+from grpo_lambda.algorithms.dense_reference import dense_lambda_trace
 
 RESULTS: list[dict] = []
 
@@ -36,23 +37,6 @@ def report(check: str, ok: bool, **info) -> None:
     row = {"check": check, "ok": bool(ok), **info}
     RESULTS.append(row)
     print(json.dumps(row), flush=True)
-
-
-def dense_reference(x, mask, *, style, anchor, gamma=1.0, lam=0.99):
-    """z_t = Σ_{k≤t} w(t, k) x_k in fp64 with an explicit, differentiable T×T weight (small T only)."""
-    m = mask.double()
-    horizon = x.shape[-1]
-    idx = torch.arange(horizon, dtype=torch.float64)
-    last = (mask.long() * torch.arange(horizon)).max(-1).values.double()  # [B]
-    a = gamma * lam
-    t_pos = idx[None, :, None].expand(x.shape[0], horizon, 1) if anchor == "token" else last[:, None, None]
-    lag = (t_pos - idx[None, None, :]).clamp(min=0)
-    recent, early = a**lag, (a**idx)[None, None, :].expand_as(lag)
-    w = {"recent": recent, "early": early, "both": torch.maximum(recent, early)}[style]
-    causal = idx[:, None] >= idx[None, :]
-    w = torch.where(idx[:, None] == idx[None, :], torch.ones_like(w), w) * causal
-    w = w * m[:, None, :] * m[:, :, None]
-    return torch.bmm(w, x.unsqueeze(-1)).squeeze(-1)
 
 
 def check_trace(device: torch.device) -> None:
@@ -64,7 +48,7 @@ def check_trace(device: torch.device) -> None:
     x = torch.randn(len(lengths), 257, generator=g, dtype=torch.float64) * 0.1
     for style in ("recent", "both", "early"):
         for anchor in ("token", "sequence"):
-            ref = dense_reference(x, mask, style=style, anchor=anchor).detach()
+            ref = dense_lambda_trace(x, mask, gamma=1.0, lam=0.99, style=style, anchor=anchor).detach()
             errs = {}
             for dtype in (torch.float32, torch.bfloat16):
                 xd = x.to(device=device, dtype=dtype).requires_grad_(dtype == torch.float32)
@@ -75,7 +59,7 @@ def check_trace(device: torch.device) -> None:
                     weights = torch.randn(z.shape, generator=g).to(device)
                     (z * weights).sum().backward()
                     xr = x.clone().requires_grad_(True)
-                    zr = dense_reference(xr, mask, style=style, anchor=anchor)
+                    zr = dense_lambda_trace(xr, mask, gamma=1.0, lam=0.99, style=style, anchor=anchor)
                     (zr * weights.double().cpu()).sum().backward()
                     errs["grad_fp32"] = (xd.grad.double().cpu() - xr.grad).abs().max().item() / (
                         xr.grad.abs().max().item() or 1.0
@@ -113,7 +97,7 @@ def check_loss(device: torch.device) -> None:
 
 def check_sync(device: torch.device) -> None:
     from grpo_lambda.distributed.rendezvous import find_free_port
-    from grpo_lambda.distributed.weight_sync import (
+    from grpo_lambda.distributed.sync_protocol import (
         flatten_bucket,
         new_sync_group,
         send_weights,
@@ -138,12 +122,16 @@ def check_learner(device: torch.device) -> None:
     except ImportError as e:
         report("learner", True, skipped=f"DeepSpeed not importable: {e}")
         return
-    from grpo_lambda.learner import LearnerConfig, LearnerWorker, build_batch, mini_batch_counts
+    from grpo_lambda.config.schema import AlgorithmConfig, Config, LearnerConfig, ModelConfig
+    from grpo_lambda.distributed.rendezvous import find_free_port
+    from grpo_lambda.learner import LearnerWorker, build_batch, mini_batch_counts
     from grpo_lambda.models.tiny import build_tiny_model
 
     folder = build_tiny_model(tempfile.mkdtemp() + "/tiny", seed=0)
-    cfg = LearnerConfig(zero_stage=2, dtype="bf16" if device.type == "cuda" else "fp32", lr=1e-4,
-                        mini_batch_samples=8, micro_batch_samples=4)  # fmt: skip
+    dtype = "bfloat16" if device.type == "cuda" else "float32"
+    cfg = Config(model=ModelConfig(path=str(folder), dtype=dtype), algorithm=AlgorithmConfig(kl_coef=0.0),
+                 learner=LearnerConfig(world_size=1, zero_stage=2, lr=1e-4, mini_batch_samples=8,
+                                       micro_batch_samples=4))  # fmt: skip
     worker = LearnerWorker(rank=0, world_size=1)
     info = worker.init(str(folder), cfg)
     g = torch.Generator().manual_seed(2)
@@ -155,11 +143,10 @@ def check_learner(device: torch.device) -> None:
     batch = build_batch(prompts, responses, torch.randn(8, generator=g))
     batch = batch.replace(old_logp=worker.compute_logp(batch))
     t0 = time.perf_counter()
-    metrics = worker.train_step(batch, LossConfig(kl_coef=0.0), mini_batch_samples=8, micro_batch_samples=4,
-                                counts=mini_batch_counts(batch, 8))  # fmt: skip
+    metrics = worker.train_step(
+        batch, mini_batch_samples=8, micro_batch_samples=4, counts=mini_batch_counts(batch, 8)
+    )
     step_s = time.perf_counter() - t0
-    from grpo_lambda.distributed.rendezvous import find_free_port
-
     backend = "nccl" if device.type == "cuda" else "gloo"
     worker.init_weight_sync("127.0.0.1", find_free_port(), 1, backend=backend, timeout_s=60, dtype="bfloat16",
                             bucket_bytes=1 << 20)  # fmt: skip

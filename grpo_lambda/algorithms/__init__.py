@@ -4,7 +4,8 @@ losses, KL estimators and loss aggregation, with string registries keyed by the 
 from .advantages import ADVANTAGE_ESTIMATORS, compute_advantages
 from .aggregation import AGGREGATIONS, aggregate_loss, masked_mean
 from .kl import KL_ESTIMATORS, behaviour_mismatch, entropy_from_logits, kl_penalty, token_logp_from_logits
-from .loss import LossConfig, grpo_lambda_loss
+from .loss import grpo_lambda_loss
+from .loss_config import LossConfig
 from .policy_loss import POLICY_LOSSES, clipped_surrogate
 from .traces import TRACE_ANCHORS, TRACE_STYLES, discounted_cumsum, eligibility_weight, lambda_trace
 

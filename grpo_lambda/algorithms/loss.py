@@ -3,57 +3,12 @@ over the optimiser mini-batch with global normalisers (see aggregation.py)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 
-from .aggregation import AGGREGATIONS, aggregate_loss, masked_mean
-from .kl import KL_ESTIMATORS, kl_penalty
+from .aggregation import aggregate_loss, masked_mean
+from .kl import kl_penalty
+from .loss_config import LossConfig
 from .policy_loss import POLICY_LOSSES
-from .traces import TRACE_ANCHORS, TRACE_STYLES
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Everything the loss needs. Defaults are the paper's GRPO-λ (ε-trace, λ 0.99, γ 1, style both, β 0.001)."""
-
-    policy_loss: str = "trace"  # ppo | trace | weight
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
-    dual_clip_c: float | None = None
-    gamma: float = 1.0
-    lam: float = 0.99
-    trace_style: str = "both"  # recent | both | early
-    trace_anchor: str = "token"  # token | sequence
-    trace_floor: float = 0.0
-    kl_estimator: str = "k3"  # k1 | k2 | k3
-    kl_coef: float = 0.001
-    entropy_coef: float = 0.0
-    loss_agg: str = "token-mean"
-    max_log_ratio: float = 20.0  # overflow guard on log r and on z before exp
-
-    def __post_init__(self):
-        POLICY_LOSSES.get(self.policy_loss)
-        KL_ESTIMATORS.get(self.kl_estimator)
-        AGGREGATIONS.get(self.loss_agg)
-        checks = {
-            "trace_style": (self.trace_style in TRACE_STYLES, f"one of {list(TRACE_STYLES)}"),
-            "trace_anchor": (self.trace_anchor in TRACE_ANCHORS, f"one of {list(TRACE_ANCHORS)}"),
-            "lam": (0.0 <= self.lam <= 1.0, "in [0, 1]"),
-            "gamma": (0.0 <= self.gamma <= 1.0, "in [0, 1]"),
-            "trace_floor": (0.0 <= self.trace_floor <= 1.0, "in [0, 1]"),
-            "clip_eps_low": (0.0 <= self.clip_eps_low < 1.0, "in [0, 1)"),
-            "clip_eps_high": (self.clip_eps_high >= 0.0, ">= 0"),
-            "dual_clip_c": (self.dual_clip_c is None or self.dual_clip_c > 1.0, "None or > 1"),
-            "kl_coef": (self.kl_coef >= 0.0, ">= 0"),
-            "max_log_ratio": (self.max_log_ratio > 0.0, "> 0"),
-        }
-        for key, (ok, want) in checks.items():
-            if not ok:
-                raise ValueError(f"LossConfig.{key}={getattr(self, key)!r} must be {want}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _check_shapes(logp, old_logp, advantages, response_mask, ref_logp, entropy):

@@ -11,16 +11,12 @@ Each returns the per-token loss [B, T] (aggregation happens later) and detached 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from .aggregation import masked_mean
+from .loss_config import LossConfig
 from .registry import Registry
 from .traces import eligibility_weight, lambda_trace
-
-if TYPE_CHECKING:
-    from .loss import LossConfig
 
 POLICY_LOSSES: Registry = Registry("policy loss")
 

@@ -18,6 +18,8 @@ WORD_TEMPLATES = {
     "-": "{name} has {a} {item} and gives away {b}. How many {item} does {name} have left?",
     "*": "{name} has {a} bags with {b} {item} in each. How many {item} does {name} have in total?",
 }
+OPS = tuple(WORD_TEMPLATES)  # the operators `ops` may hold
+STYLES = ("expression", "word", "mixed")
 
 
 def evaluate(terms: Sequence[int], ops: Sequence[str]) -> int:
@@ -52,10 +54,10 @@ def generate_arithmetic(
     style: ``expression`` ("What is 12 + 7?"), ``word`` (two-operand story; falls back to expression for more
     terms) or ``mixed`` (either, at random). Without ``allow_negative`` problems with a negative answer are redrawn.
     """
-    if style not in ("expression", "word", "mixed"):
-        raise ValueError(f"style={style!r} must be expression, word or mixed")
-    if not ops or any(op not in WORD_TEMPLATES for op in ops):
-        raise ValueError(f"ops={list(ops)!r} must be a non-empty list of +, -, *")
+    if style not in STYLES:
+        raise ValueError(f"style={style!r} must be one of {', '.join(STYLES)}")
+    if not ops or any(op not in OPS for op in ops):
+        raise ValueError(f"ops={list(ops)!r} must be a non-empty list of {', '.join(OPS)}")
     rng = random.Random(seed)
     rows = []
     for i in range(num_rows):

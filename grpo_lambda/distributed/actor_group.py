@@ -7,11 +7,13 @@ group.call_each("method", [(a0,), (a1,)])               # per-actor arguments
 group.call_each("method", [(), ()], per_actor_kwargs=[{"k": 0}, {"k": 1}])
 refs = group.call_async("method", x)                    # ObjectRefs, nothing waited for
 results = await group.acall("method", x)                # from asyncio code
+results = get_fail_fast(refs, timeout_s=60)             # the first error at once, not after the others
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +32,6 @@ class ActorGroup:
         kwargs: dict[str, Any] | None = None,
         per_actor_args: Sequence[Sequence[Any]] | None = None,
         runtime_env: dict | None = None,
-        name_prefix: str | None = None,
     ):
         import ray
 
@@ -43,8 +44,6 @@ class ActorGroup:
             options = placement.actor_options(i)
             if runtime_env:
                 options["runtime_env"] = runtime_env
-            if name_prefix:
-                options["name"] = f"{name_prefix}_{i}"
             actor_args = tuple(args) + (tuple(per_actor_args[i]) if per_actor_args is not None else ())
             self.actors.append(remote_cls.options(**options).remote(*actor_args, **(kwargs or {})))
 
@@ -99,17 +98,6 @@ class ActorGroup:
         """`call` for asyncio code: awaits every actor's result."""
         return list(await asyncio.gather(*self.call_async(method, *args, **kwargs)))
 
-    async def acall_each(
-        self,
-        method: str,
-        per_actor_args: Sequence[Sequence[Any]],
-        per_actor_kwargs: Sequence[dict[str, Any]] | None = None,
-        **kwargs,
-    ) -> list:
-        return list(
-            await asyncio.gather(*self.call_each_async(method, per_actor_args, per_actor_kwargs, **kwargs))
-        )
-
     def kill(self) -> None:
         """Kill every actor (no graceful exit); the placement group is left to its owner."""
         import ray
@@ -117,3 +105,20 @@ class ActorGroup:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
+
+
+def get_fail_fast(refs: list, timeout_s: float) -> list:
+    """ray.get of all `refs`, raising the first error as soon as it happens (not after the others finish) and
+    ray's GetTimeoutError when they are not all done within `timeout_s`."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise ray.exceptions.GetTimeoutError(
+                f"{len(pending)} of {len(refs)} calls unfinished after {timeout_s} s"
+            )
+        ray.get(ready)  # raises this call's error now
+    return ray.get(refs)

@@ -110,17 +110,6 @@ def create_placement_group(
     return pg
 
 
-def placement_group_strategies(
-    num_bundles: int, *, cpus_per_bundle: float = 1.0, gpus_per_bundle: float = 0.0, strategy: str = "PACK"
-) -> tuple[Any, list]:
-    """A placed group of `num_bundles` bundles {CPU: c, GPU: g} and one scheduling strategy per bundle."""
-    pg = create_placement_group(
-        num_bundles, cpus_per_bundle=cpus_per_bundle, gpus_per_bundle=gpus_per_bundle, strategy=strategy
-    )
-    role = RoleSpec("bundles", num_bundles, cpus_per_bundle, gpus_per_bundle)
-    return pg, RolePlacement(role, pg, list(range(num_bundles))).scheduling_strategies()
-
-
 def place_roles(
     roles: Sequence[RoleSpec], *, colocate: bool, strategy: str = "PACK", timeout_s: float = 120.0
 ) -> dict[str, RolePlacement]:

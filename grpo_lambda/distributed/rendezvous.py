@@ -64,7 +64,6 @@ class Rendezvous:
     master_addr: str
     master_port: int
     world_size: int
-    backend: str = "gloo"
 
     def env(self, rank: int, local_rank: int = 0, local_world_size: int = 1) -> dict[str, str]:
         """The environment torch.distributed (env://) and DeepSpeed read, for one rank."""

@@ -1,209 +1,122 @@
-"""Weight sync by broadcast: learner rank 0 streams its weights, bucket by bucket, to every rollout engine.
+"""Weight sync: after every update the learner's weights reach every rollout engine, versioned and checked.
 
-One process group (the "sync group", separate from DeepSpeed's) holds learner rank 0 as rank 0 and every engine
-worker as ranks 1.. (engine i, tensor-parallel rank j: 1 + i·tp + j): gloo on CPU, nccl between GPUs. It is built
-once from a TCPStore at rank 0's address, without touching torch.distributed's default group, so it lives beside
-DeepSpeed's group in the learner and beside vLLM's own groups in the engines.
+    sync = WeightSync(cfg, learner, rollout, gpus)    # sets up the sync group (broadcast mode)
+    sync.push()                                       # once per step: version + 1, send, receive, compare, check
 
-One sync is a sequence of buckets, each three broadcasts from rank 0:
-  header  int64[1]        length of the JSON metadata in bytes (0 = end of stream)
-  meta    uint8[length]   {"version": v, "dtype": "bfloat16", "tensors": [[name, shape], ...]}
-  payload dtype[numel]    the bucket's tensors, flattened and concatenated in that order
-A bucket holds tensors of one dtype up to `bucket_bytes` (a larger tensor travels alone), so neither side ever holds
-more than one bucket beyond the model itself: the receiver hands views of the payload straight to the engine's
-weight loader and the sender gathers (ZeRO-3) one tensor at a time. The version in every bucket must be the one
-the receiver expects: a sender and a receiver in different sync rounds fail loudly instead of mixing weights.
+This object owns the whole exchange: the sync group's set-up (addresses and ranks), the version counter, sending
+(learner rank 0) and receiving (every engine worker) at the same time, the comparison of what each engine received
+with what was sent, and the optional read-back check (`rollout.sync_check`). The learner's side of the wire lives in
+`LearnerWorker` (it owns the DeepSpeed engine the weights come from), the engines' side in `rollout/vllm_engine.py`
+(it owns vLLM's loader); both call `sync_protocol.py`.
 
-No vLLM, Ray or DeepSpeed here: the learner (sender) and the vLLM worker extension (receiver) call these functions.
+`rollout.weight_sync`:
+- `broadcast` (default): one process group holds learner rank 0 (rank 0) and every engine worker (engine i,
+  tensor-parallel rank j: 1 + i·tp + j); rank 0 streams buckets of `rollout.sync_bucket_mb`, cast to the engines'
+  dtype, which vLLM loads in place as they arrive (sync_protocol.py). 1.47x faster than `object_store` on the CPU
+  benchmark (scripts/bench_weight_sync.py).
+- `object_store`: rank 0's full state dict through Ray's object store, one `load_weights` per engine. It earns its
+  place as the path that needs nothing but Ray: no port on learner rank 0 that the engines' nodes must reach and no
+  extra process group (clusters whose firewalls open only Ray's own ports), and it is the plainest path to compare
+  against when a broadcast sync is in doubt.
+
+The first failure on either side is raised at once (`get_fail_fast`), not after the other side's timeout, and a
+sync that takes longer than `rollout.sync_timeout_s` raises TimeoutError instead of hanging.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import timedelta
+from grpo_lambda.config.schema import Config
 
-import torch
-from torch import Tensor
-
-_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16, torch.float64,
-                                                      torch.int64, torch.int32, torch.uint8, torch.bool)}  # fmt: skip
+from .actor_group import get_fail_fast
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+def resolve_sync_backend(cfg: Config, gpus: float) -> str:
+    """The broadcast group's backend, `rollout.sync_backend` with auto resolved: NCCL between GPUs in split
+    placement; gloo on CPUs and for colocated GPUs, where learner rank 0 and an engine share a device, which NCCL
+    cannot put in two ranks of one group (the buckets then travel through host memory, still one at a time)."""
+    backend = cfg.rollout.sync_backend
+    colocated_gpus = gpus > 0 and cfg.cluster.placement == "colocated"
+    if backend == "auto":
+        return "nccl" if gpus > 0 and not colocated_gpus else "gloo"
+    if backend == "nccl" and gpus == 0:
+        raise ValueError("rollout.sync_backend=nccl needs GPUs; this cluster has none: use auto or gloo")
+    if backend == "nccl" and colocated_gpus:
+        raise ValueError(
+            "rollout.sync_backend=nccl: on GPUs in colocated placement learner rank 0 and an engine share a "
+            "device, which NCCL cannot broadcast between; use rollout.sync_backend=gloo (or auto) or "
+            "cluster.placement=split"
+        )
+    return backend
 
 
-def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unsupported weight dtype {name!r}; expected one of {sorted(_DTYPES)}") from None
+class WeightSync:
+    """Learner → engines, once per step (see the module docstring). `version` counts syncs: the engines hold the
+    weights of update `version`, and a restored run sets it from its checkpoint before the first push."""
 
+    def __init__(self, cfg: Config, learner, rollout, gpus: float):
+        """learner: a LearnerGroup; rollout: a RolloutGroup (its `engines` are Ray actor handles)."""
+        self.cfg, self.learner, self.engines = cfg.rollout, learner, rollout.engines
+        self.mode = self.cfg.weight_sync
+        self.backend = resolve_sync_backend(cfg, gpus) if self.mode == "broadcast" else None
+        self.version = 0
+        if self.mode == "broadcast":
+            self._init_group(self.cfg.engine_dtype(cfg.model.dtype))
 
-def new_sync_group(backend: str, host: str, port: int, rank: int, world_size: int, timeout_s: float):
-    """A process group of `world_size` ranks that meet at host:port (rank 0 hosts the store), independent of
-    torch.distributed's default group. Every collective on it fails after `timeout_s` instead of hanging."""
-    import torch.distributed as dist
+    def _init_group(self, dtype: str) -> None:
+        """Learner rank 0 is rank 0; engine i's tensor-parallel worker j is 1 + i·tp + j. All join at once."""
+        import ray
 
-    if backend not in ("gloo", "nccl"):
-        raise ValueError(f"sync group backend must be gloo or nccl, got {backend!r}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world_size {world_size}")
-    timeout = timedelta(seconds=timeout_s)
-    store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
-    if backend == "gloo":
-        return dist.ProcessGroupGloo(store, rank, world_size, timeout)
-    options = dist.ProcessGroupNCCL.Options()
-    options._timeout = timeout
-    return dist.ProcessGroupNCCL(store, rank, world_size, options)
+        r = self.cfg
+        nodes = {*self.learner.node_ids()[:1], *ray.get([e.node_id.remote() for e in self.engines])}
+        host, port = self.learner.rank0_address(single_node=len(nodes) == 1)
+        world, tp = 1 + len(self.engines) * r.tensor_parallel_size, r.tensor_parallel_size
+        refs = [self.learner.init_weight_sync_async(host, port, world, backend=self.backend, timeout_s=r.sync_timeout_s,
+                                                    dtype=dtype, bucket_bytes=int(r.sync_bucket_mb * 2**20))]  # fmt: skip
+        refs += [e.init_weight_sync.remote(host, port, world, 1 + i * tp, backend=self.backend, timeout_s=r.sync_timeout_s)
+                 for i, e in enumerate(self.engines)]  # fmt: skip
+        ray.get(refs, timeout=r.sync_timeout_s + 30)
 
+    def push(self) -> dict[str, int]:
+        """Give every engine the learner's current weights as version `self.version + 1`; returns what moved
+        (tensors, bytes, buckets; empty for object_store). Raises if an engine received something else than was
+        sent, if the read-back check finds a difference, or after rollout.sync_timeout_s."""
+        import ray
 
-def _broadcast(group, tensor: Tensor) -> Tensor:
-    import torch.distributed as dist
+        self.version += 1
+        timeout = self.cfg.sync_timeout_s
+        try:
+            stats = self._broadcast(timeout) if self.mode == "broadcast" else self._object_store(timeout)
+            if self.cfg.sync_check:
+                self.check(timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise TimeoutError(
+                f"weight sync to the rollout engines took longer than rollout.sync_timeout_s={timeout}"
+            ) from None
+        return stats
 
-    opts = dist.BroadcastOptions()
-    opts.rootRank = 0
-    group.broadcast([tensor], opts).wait()
-    return tensor
+    def _broadcast(self, timeout: float) -> dict[str, int]:
+        sending = self.learner.broadcast_weights_async(self.version)
+        receiving = [e.receive_weights.remote(self.version) for e in self.engines]
+        results = get_fail_fast(sending + receiving, timeout)  # a failed side must not wait out the other
+        sent, received = results[0], results[len(sending) :]
+        for i, got in enumerate(received):
+            if got != sent:
+                raise RuntimeError(f"weight sync: engine {i} received {got}, the learner sent {sent}")
+        return sent
 
+    def _object_store(self, timeout: float) -> dict[str, int]:
+        import ray
 
-@dataclass
-class SyncStats:
-    """What one sync moved (the sender's and each receiver's must agree)."""
+        weights = self.learner.state_dict_ref()
+        ray.get([e.load_weights.remote(weights, self.version) for e in self.engines], timeout=timeout)
+        return {}
 
-    tensors: int = 0
-    bytes: int = 0
-    buckets: int = 0
+    def check(self, timeout: float | None = None) -> None:
+        """Read every engine's effective weights back and require them equal to the learner's (in the engine's
+        dtype); raises naming the tensors that differ."""
+        import ray
 
-    def add(self, bucket: list[tuple[str, Tensor]]) -> None:
-        self.tensors += len(bucket)
-        self.bytes += sum(t.numel() * t.element_size() for _, t in bucket)
-        self.buckets += 1
-
-    def as_dict(self) -> dict[str, int]:
-        return {"tensors": self.tensors, "bytes": self.bytes, "buckets": self.buckets}
-
-
-# ------------------------------------------------------------------------------------------------ pure parts
-def iter_buckets(
-    named_tensors: Iterable[tuple[str, Tensor]], bucket_bytes: int, dtype: torch.dtype | None = None
-) -> Iterator[list[tuple[str, Tensor]]]:
-    """Group (name, tensor) pairs, in order, into buckets of one dtype and at most `bucket_bytes` each (a tensor
-    larger than that forms its own bucket). Floating tensors are cast to `dtype` when it is given (fp32 master
-    weights -> a bf16 engine: half the bytes on the wire)."""
-    if bucket_bytes <= 0:
-        raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
-    bucket: list[tuple[str, Tensor]] = []
-    size = 0
-    for name, tensor in named_tensors:
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        nbytes = tensor.numel() * tensor.element_size()
-        if bucket and (tensor.dtype != bucket[0][1].dtype or size + nbytes > bucket_bytes):
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, tensor))
-        size += nbytes
-    if bucket:
-        yield bucket
-
-
-def flatten_bucket(bucket: list[tuple[str, Tensor]], version: int) -> tuple[bytes, Tensor]:
-    """(JSON metadata, one flat tensor holding every tensor of the bucket in order)."""
-    dtype = bucket[0][1].dtype
-    meta = {
-        "version": version,
-        "dtype": dtype_name(dtype),
-        "tensors": [[name, list(t.shape)] for name, t in bucket],
-    }
-    flat = torch.cat([t.detach().reshape(-1) for _, t in bucket])
-    return json.dumps(meta).encode(), flat
-
-
-def unflatten_bucket(meta: dict, flat: Tensor) -> list[tuple[str, Tensor]]:
-    """The (name, tensor) views of `flat` that `flatten_bucket` packed."""
-    shapes = [torch.Size(shape) for _, shape in meta["tensors"]]
-    sizes = [s.numel() for s in shapes]
-    if sum(sizes) != flat.numel():
-        raise ValueError(f"bucket payload has {flat.numel()} elements, its metadata describes {sum(sizes)}")
-    return [
-        (name, part.view(shape))
-        for (name, _), part, shape in zip(meta["tensors"], flat.split(sizes), shapes, strict=True)
-    ]
-
-
-def bucket_numel(meta: dict) -> int:
-    return sum(torch.Size(shape).numel() for _, shape in meta["tensors"])
-
-
-# ------------------------------------------------------------------------------------------------ the wire
-def send_weights(
-    group,
-    named_tensors: Iterable[tuple[str, Tensor]],
-    version: int,
-    *,
-    bucket_bytes: int,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str = "cpu",
-) -> SyncStats:
-    """Rank 0: broadcast every (name, tensor) to the group's other ranks in buckets, then the end marker."""
-    stats = SyncStats()
-    for bucket in iter_buckets(named_tensors, bucket_bytes, dtype):
-        meta, flat = flatten_bucket(bucket, version)
-        _broadcast(group, torch.tensor([len(meta)], dtype=torch.int64, device=device))
-        _broadcast(group, torch.frombuffer(bytearray(meta), dtype=torch.uint8).to(device))
-        _broadcast(group, flat.to(device))
-        stats.add(bucket)
-    _broadcast(group, torch.zeros(1, dtype=torch.int64, device=device))
-    return stats
-
-
-class WeightReceiver:
-    """Ranks > 0: `tensors()` yields (name, tensor) as buckets arrive, for an engine's weight loader to consume;
-    `finish()` drains what the loader left (so the group stays in step) and returns the stats."""
-
-    def __init__(
-        self, group, version: int, device: torch.device | str = "cpu", aliases: dict[str, str] | None = None
-    ):
-        """aliases: {source name: extra name} to yield again under a second name (a tied lm_head)."""
-        self.group, self.version, self.device = group, version, device
-        self.aliases = aliases or {}
-        self.stats = SyncStats()
-        self._done = False
-        self._stream = self._receive()
-
-    def _receive(self) -> Iterator[tuple[str, Tensor]]:
-        while True:
-            length = int(_broadcast(self.group, torch.zeros(1, dtype=torch.int64, device=self.device)).item())
-            if length == 0:
-                self._done = True
-                return
-            raw = _broadcast(self.group, torch.empty(length, dtype=torch.uint8, device=self.device))
-            meta = json.loads(raw.cpu().numpy().tobytes())
-            if meta["version"] != self.version:
-                raise RuntimeError(
-                    f"weight sync out of step: this engine expects version {self.version}, the learner sends "
-                    f"{meta['version']}"
-                )
-            flat = torch.empty(bucket_numel(meta), dtype=parse_dtype(meta["dtype"]), device=self.device)
-            bucket = unflatten_bucket(meta, _broadcast(self.group, flat))
-            self.stats.add(bucket)
-            for name, tensor in bucket:
-                yield name, tensor
-                if name in self.aliases:
-                    yield self.aliases[name], tensor
-
-    def tensors(self) -> Iterator[tuple[str, Tensor]]:
-        return self._stream
-
-    def finish(self) -> SyncStats:
-        left = sum(1 for _ in self._stream)
-        if left:
-            raise RuntimeError(
-                f"the engine's weight loader stopped {left} tensors before the end of the stream"
-            )
-        if not self._done:
-            raise RuntimeError("the weight stream ended without its end marker")
-        return self.stats
+        weights = self.learner.state_dict_ref()
+        bad = ray.get([e.verify_weights.remote(weights) for e in self.engines], timeout=timeout)
+        if any(bad):
+            raise RuntimeError(f"weight sync check failed: engines differ from the learner in {bad}")

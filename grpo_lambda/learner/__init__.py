@@ -1,27 +1,26 @@
-"""The learner: DeepSpeed ZeRO ranks computing log-probabilities and GRPO-λ updates (see group.LearnerGroup)."""
+"""The learner: DeepSpeed ZeRO ranks computing log-probabilities and GRPO-λ updates (see group.LearnerGroup).
+
+Its settings are the run config's `learner` section (`grpo_lambda.config.LearnerConfig`) with `model`.
+"""
 
 from .batch import (
     LearnerBatch,
     MiniBatchCounts,
     build_batch,
-    check_batch_sizes,
     concat_batches,
     mini_batch_counts,
     shard_for_data_parallel,
     split_batch,
 )
-from .config import LearnerConfig
 from .deepspeed_setup import build_ds_config
 
 __all__ = [
     "LearnerBatch",
-    "LearnerConfig",
     "LearnerGroup",
     "LearnerWorker",
     "MiniBatchCounts",
     "build_batch",
     "build_ds_config",
-    "check_batch_sizes",
     "concat_batches",
     "mini_batch_counts",
     "shard_for_data_parallel",

@@ -233,28 +233,6 @@ def split_batch(batch: LearnerBatch, size: int, *, what: str = "micro_batch_samp
     return [batch.select(slice(i, i + size)) for i in range(0, len(batch), size)]
 
 
-def check_batch_sizes(
-    num_samples: int, mini_batch_samples: int, micro_batch_samples: int, world_size: int
-) -> int:
-    """Validate the split of `num_samples` and return the gradient-accumulation steps per rank per mini-batch."""
-    if mini_batch_samples < 1 or num_samples % mini_batch_samples:
-        raise ValueError(
-            f"mini_batch_samples={mini_batch_samples} must divide the {num_samples} samples of the step "
-            "(prompts_per_step * samples_per_prompt)"
-        )
-    per_rank, rest = divmod(mini_batch_samples, world_size)
-    if rest or per_rank == 0:
-        raise ValueError(
-            f"mini_batch_samples={mini_batch_samples} must be a positive multiple of the learner world size "
-            f"{world_size}"
-        )
-    if micro_batch_samples < 1 or per_rank % micro_batch_samples:
-        raise ValueError(
-            f"micro_batch_samples={micro_batch_samples} must divide mini_batch_samples / world_size = {per_rank}"
-        )
-    return per_rank // micro_batch_samples
-
-
 def mini_batch_counts(batch: LearnerBatch, mini_batch_samples: int) -> list[MiniBatchCounts]:
     """Global normalisers per mini-batch, computed before sharding (so no all-reduce is needed on the ranks)."""
     return [

@@ -7,7 +7,7 @@ micro-batches and ranks. DeepSpeed 0.19.8 instead
       `backward`: `loss / self.gradient_accumulation_steps()`), and
   (2) AVERAGES gradients over the data-parallel ranks (stage 0 `allreduce_bucket`: `mul_(1/dp_world_size)`;
       ZeRO-1/2 `stage_1_and_2.py`: `div_(dp_world_size)`; ZeRO-3 `stage3.py`: `div_(averaging_world_sz)`). The
-      config switch `gradient_allreduce_op: "sum"` is rejected with ZeRO-3 (config.py), so it cannot be the one
+      config switch `gradient_allreduce_op: "sum"` is rejected with ZeRO-3 (its config.py), so it cannot be the one
       mechanism for every stage.
 We undo both explicitly: `engine.backward(loss * dp_world_size, scale_wrt_gas=False)`.
 tests/integration/test_learner.py proves it: one mini-batch split over 2 ranks x 2 micro-batches gives, after one
@@ -21,15 +21,13 @@ from datetime import timedelta
 
 import torch
 
-from .config import LearnerConfig
+from grpo_lambda.compat import skip_deepspeed_shm_comm_build
+from grpo_lambda.config.schema import LearnerConfig
 
-# DeepSpeed's TorchBackend JIT-compiles a shared-memory all-reduce op ("deepspeed_shm_comm") into
-# ~/.cache/torch_extensions/ on first use (30-55 s); a process killed mid-build leaves a `lock` file there and every
-# later init_distributed hangs forever. We SKIP the build: the op is only an optimisation of CPU all-reduce (results
-# are identical with plain gloo). The switch: `comm/torch.py:build_shm_op` returns None when
-# `deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"]` is False; that dict is created once and cached, so edits
-# persist. Set GRPO_LAMBDA_DS_SHM_COMM=1 to let DeepSpeed build and use it.
-SHM_COMM_OP = "deepspeed_shm_comm"
+# DeepSpeed's TorchBackend JIT-compiles a shared-memory all-reduce op into ~/.cache/torch_extensions/ on first use
+# (30-55 s); a process killed mid-build leaves a `lock` file there and every later init_distributed hangs forever.
+# We SKIP the build (grpo_lambda.compat.skip_deepspeed_shm_comm_build): the op only speeds up CPU all-reduce, and the
+# results are identical with plain gloo. Set GRPO_LAMBDA_DS_SHM_COMM=1 to let DeepSpeed build and use it.
 SHM_COMM_ENV = "GRPO_LAMBDA_DS_SHM_COMM"
 
 
@@ -38,25 +36,14 @@ def backward_scale(dp_world_size: int) -> float:
     return float(dp_world_size)
 
 
-def build_ds_config(
-    cfg: LearnerConfig,
-    world_size: int,
-    *,
-    mini_batch_samples: int | None = None,
-    micro_batch_samples: int | None = None,
-) -> dict:
-    """The DeepSpeed config for training; train_batch_size = micro * gradient_accumulation_steps * world_size.
+def build_ds_config(cfg: LearnerConfig, dtype: str, world_size: int) -> dict:
+    """The DeepSpeed config for training (`cfg`: the run's `learner` section; `dtype`: `model.dtype`);
+    train_batch_size = micro * gradient_accumulation_steps * world_size (config validation guarantees the
+    divisibility; `LearnerWorker` re-programs the sizes if a call uses others).
 
     No "optimizer"/"scheduler" blocks: the client optimiser (torch AdamW) avoids DeepSpeed's FusedAdam JIT build.
     """
-    mini = mini_batch_samples or cfg.mini_batch_samples
-    micro = micro_batch_samples or cfg.micro_batch_samples
-    per_rank, rest = divmod(mini, world_size)
-    if rest or per_rank == 0 or per_rank % micro:
-        raise ValueError(
-            f"learner.mini_batch_samples={mini} must be a multiple of world_size ({world_size}) x "
-            f"learner.micro_batch_samples ({micro})"
-        )
+    mini, micro = cfg.mini_batch_samples, cfg.micro_batch_samples
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
@@ -65,10 +52,10 @@ def build_ds_config(
     config = {
         "train_batch_size": mini,
         "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": per_rank // micro,
+        "gradient_accumulation_steps": max(1, mini // (micro * world_size)),
         "gradient_clipping": float(cfg.grad_clip),
         "zero_optimization": zero,
-        "bf16": {"enabled": cfg.dtype == "bf16"},
+        "bf16": {"enabled": dtype == "bfloat16"},
         "fp16": {"enabled": False},
         "zero_allow_untested_optimizer": True,
         # Keep our torch optimiser under offload too (DeepSpeedCPUAdam would need a JIT build).
@@ -77,21 +64,21 @@ def build_ds_config(
         "wall_clock_breakdown": False,
         "checkpoint": {"tag_validation": "FAIL"},
     }
-    if cfg.dtype == "bf16" and cfg.zero_stage > 0:
+    if dtype == "bfloat16" and cfg.zero_stage > 0:
         # Accumulate micro-batch gradients in fp32 (bf16 sums of many small shares lose bits). DeepSpeed 0.19.8
         # rejects this mix without ZeRO; ZeRO-0 bf16 keeps fp32 master weights but accumulates in bf16.
         config["data_types"] = {"grad_accum_dtype": "fp32"}
     return config
 
 
-def build_inference_ds_config(cfg: LearnerConfig, world_size: int) -> dict:
+def build_inference_ds_config(cfg: LearnerConfig, dtype: str, world_size: int) -> dict:
     """Config for the frozen reference model under ZeRO-3 (parameters partitioned, no optimiser)."""
     micro = cfg.logp_micro
     return {
         "train_batch_size": micro * world_size,
         "train_micro_batch_size_per_gpu": micro,
         "zero_optimization": {"stage": 3},
-        "bf16": {"enabled": cfg.dtype == "bf16"},
+        "bf16": {"enabled": dtype == "bfloat16"},
         "steps_per_print": 1 << 30,
     }
 
@@ -110,7 +97,7 @@ def make_optimizer(model: torch.nn.Module, cfg: LearnerConfig) -> torch.optim.Op
         g.setdefault("weight_decay", 0.0)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
 
 
 class LRFactor:
@@ -120,7 +107,7 @@ class LRFactor:
     """
 
     def __init__(self, cfg: LearnerConfig):
-        self.schedule, self.warmup = cfg.lr_schedule, cfg.lr_warmup_steps
+        self.schedule, self.warmup = cfg.lr_schedule, cfg.warmup_steps
 
     def __call__(self, step: int) -> float:
         if self.schedule == "linear_warmup" and self.warmup > 0:
@@ -133,12 +120,10 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: LearnerConfig):
 
 
 def disable_shm_comm_build() -> bool:
-    """Skip DeepSpeed's shared-memory comm op JIT build (see SHM_COMM_OP above). Returns True if skipped."""
+    """Skip DeepSpeed's shared-memory comm op JIT build (see SHM_COMM_ENV above). Returns True if skipped."""
     if os.environ.get(SHM_COMM_ENV, "0") == "1":
         return False
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
+    skip_deepspeed_shm_comm_build()
     return True
 
 
@@ -161,23 +146,22 @@ def init_distributed(backend: str, timeout_s: float = 600.0) -> None:
     )
 
 
-def initialize_engine(model: torch.nn.Module, cfg: LearnerConfig, world_size: int):
+def initialize_engine(model: torch.nn.Module, cfg: LearnerConfig, dtype: str, world_size: int):
     """deepspeed.initialize with the client optimiser and LR schedule; returns the engine."""
     import deepspeed
 
     optimizer = make_optimizer(model, cfg)
     scheduler = make_lr_scheduler(optimizer, cfg)
-    engine, *_ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=build_ds_config(cfg, world_size)
-    )
+    config = build_ds_config(cfg, dtype, world_size)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     return engine
 
 
-def initialize_inference_engine(model: torch.nn.Module, cfg: LearnerConfig, world_size: int):
+def initialize_inference_engine(model: torch.nn.Module, cfg: LearnerConfig, dtype: str, world_size: int):
     """A ZeRO-3 engine around a frozen model (no optimiser), so the reference model is partitioned too."""
     import deepspeed
 
     model.requires_grad_(False)
-    engine, *_ = deepspeed.initialize(model=model, config=build_inference_ds_config(cfg, world_size))
+    engine, *_ = deepspeed.initialize(model=model, config=build_inference_ds_config(cfg, dtype, world_size))
     engine.eval()
     return engine

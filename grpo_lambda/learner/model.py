@@ -14,10 +14,11 @@ import torch
 from torch import Tensor
 
 from grpo_lambda.algorithms import entropy_from_logits, token_logp_from_logits
+from grpo_lambda.config.schema import MODEL_DTYPES, LoraConfig
 
 from .batch import LearnerBatch
 
-TORCH_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+TORCH_DTYPES = {name: getattr(torch, name) for name in MODEL_DTYPES}  # "bfloat16" -> torch.bfloat16 ...
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -40,17 +41,14 @@ def check_model_dir(model_path: str | os.PathLike) -> Path:
 def load_causal_lm(
     model_path: str | os.PathLike,
     *,
-    dtype: str = "bf16",
+    dtype: str = "bfloat16",
     gradient_checkpointing: bool = False,
     trainable: bool = True,
-    lora_rank: int = 0,
-    lora_alpha: float = 16.0,
-    lora_dropout: float = 0.0,
-    lora_target_modules: tuple[str, ...] = (),
+    lora: LoraConfig | None = None,
 ):
-    """An `AutoModelForCausalLM` from a local folder, in `dtype` ("bf16" | "fp32"), KV cache off.
+    """An `AutoModelForCausalLM` from a local folder, in `dtype` ("bfloat16" | "float32"), KV cache off.
 
-    trainable=False freezes it (reference model). lora_rank > 0 wraps it with peft LoRA adapters (only they train).
+    trainable=False freezes it (reference model). `lora.rank > 0` wraps it with peft LoRA adapters (only they train).
     """
     from transformers import AutoModelForCausalLM
 
@@ -62,34 +60,30 @@ def load_causal_lm(
         return model.eval()
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if lora_rank > 0:
-        model = apply_lora(model, lora_rank, lora_alpha, lora_dropout, lora_target_modules)
+    if lora is not None and lora.rank > 0:
+        model = apply_lora(model, lora)
         if gradient_checkpointing:
             model.enable_input_require_grads()
     return model
 
 
-def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules: tuple[str, ...]):
-    """Wrap `model` with peft LoRA adapters on `target_modules`; only the adapters train."""
+def apply_lora(model, lora: LoraConfig):
+    """Wrap `model` with peft LoRA adapters on `lora.target_modules`; only the adapters train."""
     try:
-        from peft import LoraConfig, get_peft_model
+        import peft
     except ImportError as err:
         raise ImportError(
-            f"learner.lora_rank={rank} needs the `peft` package, which is not installed: `pip install peft`, "
-            "or set learner.lora_rank=0 to train all weights"
+            f"model.lora.rank={lora.rank} needs the `peft` package, which is not installed: `pip install peft` "
+            "(make install does), or set model.lora.rank=0 to train all weights"
         ) from err
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=list(target_modules),
+    config = peft.LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
-
-
-def is_peft_model(model) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+    return peft.get_peft_model(model, config)
 
 
 def response_logits(model, batch: LearnerBatch) -> Tensor:
@@ -135,31 +129,3 @@ def response_logp(
     if ent is not None:
         ent = ent.masked_fill(~batch.response_mask, 0.0)
     return logp.masked_fill(~batch.response_mask, 0.0), ent
-
-
-def merged_lora_weights(model) -> dict[str, Tensor]:
-    """HF-named full weights of a peft LoRA model, adapters merged (W + ΔW), without modifying the model.
-
-    Used for weight sync: inference engines load plain HF weights. ZeRO-0/1/2 only (full parameters on every rank).
-    """
-    from peft.tuners.lora import LoraLayer
-
-    base = model.get_base_model()
-    out: dict[str, Tensor] = {}
-    merged_modules = {}
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer) and hasattr(module, "base_layer"):
-            merged_modules[name] = module
-    for name, param in base.named_parameters(remove_duplicate=False):
-        if ".lora_" in name or "lora_embedding" in name:
-            continue
-        hf_name = name.replace(".base_layer.", ".")
-        module_name = hf_name.rsplit(".", 1)[0]
-        value = param.detach()
-        if module_name in merged_modules and hf_name.endswith(".weight"):
-            module = merged_modules[module_name]
-            for adapter in module.active_adapters:
-                if adapter in module.lora_A:
-                    value = value + module.get_delta_weight(adapter).to(value.dtype)
-        out[hf_name] = value.clone().cpu()
-    return out

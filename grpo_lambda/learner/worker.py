@@ -3,6 +3,10 @@
 `LearnerWorker` is a plain class (usable without Ray at world_size 1); `LearnerActor` is its thin Ray face, adding
 only what a remote process needs (its node id, rank 0's rendezvous address). `LearnerGroup` drives N of them.
 
+It reads the run's `Config`: `learner` (ZeRO, optimiser, batch sizes), `model` (dtype, LoRA, checkpointing),
+`algorithm` (the loss; a reference model only when `kl_coef > 0`), `rollout.temperature` (log-probs are of
+logits / τ, as the engine samples) and `trainer.seed`.
+
 One `train_step` takes this rank's shard of a rollout batch: for each mini-batch (one optimiser step), for each
 micro-batch (one forward/backward), the GRPO-λ loss share with the mini-batch's global normalisers, then
 `engine.backward(loss * world_size, scale_wrt_gas=False)` (see deepspeed_setup.py for why).
@@ -14,17 +18,17 @@ import hashlib
 import os
 import shutil
 import time
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from grpo_lambda.algorithms import LossConfig, behaviour_mismatch, grpo_lambda_loss
+from grpo_lambda.algorithms import behaviour_mismatch, grpo_lambda_loss
+from grpo_lambda.compat import deepspeed_records_grad_norm, full_numel
+from grpo_lambda.config.schema import Config
 
-from .batch import LearnerBatch, MiniBatchCounts, check_batch_sizes, pad_response_dim, split_batch
-from .config import LearnerConfig
+from .batch import LearnerBatch, MiniBatchCounts, pad_response_dim, split_batch
 from .deepspeed_setup import (
     backward_scale,
     build_ds_config,
@@ -32,12 +36,10 @@ from .deepspeed_setup import (
     initialize_engine,
     initialize_inference_engine,
 )
-from .model import is_peft_model, load_causal_lm, merged_lora_weights, response_logp
+from .metrics import TokenWeighted
+from .model import load_causal_lm, response_logp
+from .weights import full_named_tensors, tied_lm_head
 
-# Reduction of per-rank metrics (see reduce_rank_metrics): summed over ranks, or global (every rank has the value).
-SUMMED_METRICS = ("learner/loss", "learner/num_tokens")
-GLOBAL_METRICS = ("learner/grad_norm", "learner/lr", "learner/num_updates", "learner/updates_total")
-MAX_METRICS = ("rollout/logp_abs_diff_max",)
 CLIENT_STATE_KEY = "grpo_lambda_learner"
 
 
@@ -48,24 +50,17 @@ class LearnerWorker:
         self.rank, self.world_size = rank, world_size
         self.engine = None
         self.ref = None
-        self.cfg: LearnerConfig | None = None
+        self.cfg: Config | None = None
         self.num_updates = 0
         self._hf_ds_config = (
             None  # keeps transformers' ZeRO-3 hook alive (HfDeepSpeedConfig is held by weakref)
         )
+        self._sync = None  # the weight-sync sender (rank 0), see init_weight_sync
 
     # ----------------------------------------------------------------------------------------------- set-up
-    def init(
-        self,
-        model_path: str,
-        config: LearnerConfig,
-        *,
-        reference: bool = False,
-        env: dict[str, str] | None = None,
-        backend: str | None = None,
-    ) -> dict:
-        """Join the process group, load the policy into a DeepSpeed engine and, if `reference`, the frozen
-        reference model (reference=False when kl_coef == 0: it is never loaded). Returns a short description."""
+    def init(self, model_path: str, cfg: Config, *, env: dict[str, str] | None = None) -> dict:
+        """Join the process group, load the policy into a DeepSpeed engine and, when `cfg.algorithm.kl_coef > 0`,
+        the frozen reference model (otherwise it is never loaded). Returns a short description."""
         t0 = time.perf_counter()
         if env:
             os.environ.update(env)
@@ -73,36 +68,29 @@ class LearnerWorker:
         self.device = self._select_device()
         from grpo_lambda.distributed.rendezvous import default_backend
 
-        init_distributed(backend or default_backend(self.device.type))
-        self.cfg = config
-        torch.manual_seed(config.seed)
-        if config.zero_stage == 3:
+        learner, model_cfg = cfg.learner, cfg.model
+        init_distributed(default_backend(self.device.type) if learner.backend == "auto" else learner.backend)
+        self.cfg = cfg
+        torch.manual_seed(cfg.trainer.seed)
+        if learner.zero_stage == 3:
             from transformers.integrations import HfDeepSpeedConfig
 
             # from_pretrained then builds the model under deepspeed.zero.Init: partitioned as it loads.
-            self._hf_ds_config = HfDeepSpeedConfig(build_ds_config(config, self.world_size))
-        model = load_causal_lm(
-            model_path,
-            dtype=config.dtype,
-            gradient_checkpointing=config.gradient_checkpointing,
-            lora_rank=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            lora_target_modules=config.lora_target_modules,
-        )
-        self.engine = initialize_engine(model, config, self.world_size)
+            self._hf_ds_config = HfDeepSpeedConfig(build_ds_config(learner, model_cfg.dtype, self.world_size))
+        model = load_causal_lm(model_path, dtype=model_cfg.dtype, gradient_checkpointing=model_cfg.gradient_checkpointing,
+                               lora=model_cfg.lora)  # fmt: skip
+        self.engine = initialize_engine(model, learner, model_cfg.dtype, self.world_size)
+        reference = cfg.algorithm.kl_coef > 0
         if reference:
-            ref = load_causal_lm(config.ref_model_path or model_path, dtype=config.dtype, trainable=False)
-            if config.zero_stage == 3:
-                self.ref = initialize_inference_engine(ref, config, self.world_size)
+            ref = load_causal_lm(model_path, dtype=model_cfg.dtype, trainable=False)
+            if learner.zero_stage == 3:
+                self.ref = initialize_inference_engine(ref, learner, model_cfg.dtype, self.world_size)
             else:
                 self.ref = ref.to(self.device)
         return {
             "rank": self.rank,
             "device": str(self.device),
-            "trainable_params": sum(
-                p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self._trainable()
-            ),
+            "trainable_params": sum(full_numel(p) for p in self._trainable()),
             "reference": reference,
             "ld_preload": os.environ.get("LD_PRELOAD", ""),
             "init_s": time.perf_counter() - t0,
@@ -126,7 +114,7 @@ class LearnerWorker:
 
     def _require_init(self) -> None:
         if self.engine is None:
-            raise RuntimeError("LearnerWorker.init(model_path, config) must be called first")
+            raise RuntimeError("LearnerWorker.init(model_path, cfg) must be called first")
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.engine.module.parameters() if p.requires_grad]
@@ -136,20 +124,21 @@ class LearnerWorker:
     def compute_logp(self, batch: LearnerBatch, *, reference: bool = False) -> Tensor:
         """log-probs [B, T] (fp32, CPU) of the response tokens under the current policy (θ_old when called before
         train_step) or, with reference=True, under the frozen reference model. Runs in micro-batches of
-        cfg.logp_micro; all ranks must call it with equally long shards (ZeRO-3 forwards are collective)."""
+        learner.logp_micro_batch_samples; all ranks must call it with equally long shards (ZeRO-3 forwards are
+        collective)."""
         self._require_init()
         if reference and self.ref is None:
             raise RuntimeError(
-                "compute_logp(reference=True): no reference model was loaded (init(reference=True))"
+                "compute_logp(reference=True): no reference model was loaded (algorithm.kl_coef=0)"
             )
         model = self.ref if reference else self.engine
         if not reference:
             self.engine.eval()
         out = []
-        step = self.cfg.logp_micro
+        step = self.cfg.learner.logp_micro
         for start in range(0, len(batch), step):
             mb = batch.select(slice(start, start + step)).compact().to(self.device)
-            logp, _ = response_logp(model, mb, temperature=self.cfg.temperature)
+            logp, _ = response_logp(model, mb, temperature=self.cfg.rollout.temperature)
             out.append(pad_response_dim(logp.float().cpu(), batch.response_len))
         return torch.cat(out)
 
@@ -157,50 +146,41 @@ class LearnerWorker:
     def train_step(
         self,
         shard: LearnerBatch,
-        loss_cfg: LossConfig,
         *,
         mini_batch_samples: int,
         micro_batch_samples: int,
         counts: Sequence[MiniBatchCounts],
     ) -> dict[str, float]:
         """One optimiser step per mini-batch of this rank's shard (see batch.shard_for_data_parallel), repeated
-        for cfg.epochs_per_batch passes.
+        for learner.epochs_per_batch passes, with the loss `cfg.algorithm`.
 
         mini_batch_samples: samples per optimiser step over all ranks; micro_batch_samples: per forward on one
         rank; counts: the global normalisers of each mini-batch (batch.mini_batch_counts, on the driver).
         shard.old_logp may be None only with a single update (θ_old = θ, so old_logp = logp.detach()).
-        Returns this rank's metrics; combine ranks with reduce_rank_metrics.
+        Returns this rank's metrics; combine ranks with metrics.reduce_rank_metrics.
         """
         self._require_init()
         t0 = time.perf_counter()
-        check_batch_sizes(
-            len(shard) * self.world_size, mini_batch_samples, micro_batch_samples, self.world_size
-        )
+        loss_cfg, epochs = self.cfg.algorithm, self.cfg.learner.epochs_per_batch
         minis = split_batch(
             shard, mini_batch_samples // self.world_size, what="mini_batch_samples / world_size"
         )
         if len(counts) != len(minis):
             raise ValueError(f"got {len(counts)} MiniBatchCounts for {len(minis)} mini-batches")
-        epochs = self.cfg.epochs_per_batch
         if shard.old_logp is None and len(minis) * epochs > 1:
             raise ValueError(
                 f"{len(minis)} mini-batches x {epochs} epochs need old_logp from before the first update: compute "
-                "it with compute_logp(batch) first (LearnerGroup.train_step does this for you)"
+                "it with compute_logp(batch) first"
             )
         if loss_cfg.kl_coef > 0 and shard.ref_logp is None:
             raise ValueError(
                 "kl_coef > 0 needs ref_logp: compute_logp(batch, reference=True) before train_step"
             )
         self._set_batch_sizes(mini_batch_samples, micro_batch_samples)
-        entropy_mode = "grad" if loss_cfg.entropy_coef != 0 else "metric"
-        scale = backward_scale(self.world_size)
-        weighted: dict[str, float] = defaultdict(float)
-        loss_total = grad_norm_total = 0.0
-        num_tokens = 0.0
         lr = self.engine.get_lr()[0]  # the LR of this step's first update
         self.engine.train()
-        mismatch: dict[str, float] = defaultdict(float)  # engine vs learner, measured at θ = θ_old only
-        mismatch_tokens = 0.0
+        loss_metrics, mismatch = TokenWeighted(), TokenWeighted()  # mismatch: engine vs learner at θ = θ_old
+        loss_total = grad_norm_total = 0.0
         for update_index, (mini, count) in enumerate(
             pair for _ in range(epochs) for pair in zip(minis, counts)
         ):
@@ -208,67 +188,66 @@ class LearnerWorker:
             manual_norm = None
             for i, mb in enumerate(micros):
                 last = i == len(micros) - 1
-                if self.engine.is_gradient_accumulation_boundary() != last:
-                    raise RuntimeError(
-                        f"DeepSpeed's accumulation boundary (gradient_accumulation_steps="
-                        f"{self.engine.gradient_accumulation_steps()}) is out of step with micro-batch "
-                        f"{i + 1}/{len(micros)}: its batch sizes or micro-step counter disagree with this mini-batch "
-                        "(was a previous train_step interrupted?)"
-                    )
+                self._check_accumulation_boundary(i, len(micros))
                 mb = mb.compact().to(self.device)
-                logp, entropy = response_logp(
-                    self.engine, mb, temperature=self.cfg.temperature, entropy=entropy_mode
-                )
-                old_logp = mb.old_logp if mb.old_logp is not None else logp.detach()
+                loss, metrics, logp = self._loss(mb, count)
                 if update_index == 0 and mb.behaviour_logp is not None:
-                    n_mb = float(mb.response_mask.sum())
-                    mismatch_tokens += n_mb
-                    for key, value in behaviour_mismatch(logp, mb.behaviour_logp, mb.response_mask).items():
-                        if key.endswith("_max"):
-                            mismatch[key] = max(mismatch[key], float(value))
-                        else:
-                            mismatch[key] += float(value) * n_mb
-                loss, metrics = grpo_lambda_loss(
-                    logp,
-                    old_logp,
-                    mb.advantages,
-                    mb.response_mask,
-                    loss_cfg,
-                    ref_logp=mb.ref_logp if loss_cfg.kl_coef > 0 else None,
-                    entropy=entropy,
-                    num_tokens=count.num_tokens,
-                    num_seqs=count.num_seqs,
-                )
+                    diag = behaviour_mismatch(logp, mb.behaviour_logp, mb.response_mask)
+                    mismatch.add(diag, float(mb.response_mask.sum()))
                 # The loss is this micro-batch's exact share: undo DeepSpeed's 1/GAS and its average over ranks.
-                self.engine.backward(loss * scale, scale_wrt_gas=False)
-                if last and not hasattr(self.engine.optimizer, "_global_grad_norm"):
-                    manual_norm = self._reduced_grad_norm()  # ZeRO-0 fp32: DeepSpeed does not record the norm
+                self.engine.backward(loss * backward_scale(self.world_size), scale_wrt_gas=False)
+                if last and not deepspeed_records_grad_norm(self.engine.optimizer):
+                    manual_norm = self._reduced_grad_norm()  # measured before step() clears the gradients
                 self.engine.step()
                 loss_total += float(loss.detach())
-                n = float(metrics.pop("learner/num_tokens"))
-                num_tokens += n
-                for key, value in metrics.items():
-                    weighted[key] += float(value) * n
+                num_tokens = float(metrics.pop("learner/num_tokens"))
+                loss_metrics.add(metrics, num_tokens)
             norm = self.engine.get_global_grad_norm() if manual_norm is None else manual_norm
             grad_norm_total += float(norm) if norm is not None else float("nan")
             self.num_updates += 1
-        out = {key: value / max(num_tokens, 1.0) for key, value in weighted.items()}
-        out.update(
-            {k: v if k.endswith("_max") else v / max(mismatch_tokens, 1.0) for k, v in mismatch.items()}
-        )
         updates = len(minis) * epochs
-        out.update(
-            {
-                "learner/loss": loss_total / updates,
-                "learner/num_tokens": num_tokens / epochs,
-                "learner/grad_norm": grad_norm_total / updates,
-                "learner/lr": lr,
-                "learner/num_updates": float(updates),
-                "learner/updates_total": float(self.num_updates),
-                "learner/update_s": time.perf_counter() - t0,
-            }
+        return {
+            **loss_metrics.means(),
+            **mismatch.means(),
+            "learner/loss": loss_total / updates,
+            "learner/num_tokens": loss_metrics.tokens / epochs,
+            "learner/grad_norm": grad_norm_total / updates,
+            "learner/lr": lr,
+            "learner/num_updates": float(updates),
+            "learner/updates_total": float(self.num_updates),
+            "learner/update_s": time.perf_counter() - t0,
+        }
+
+    def _loss(self, mb: LearnerBatch, count: MiniBatchCounts) -> tuple[Tensor, dict, Tensor]:
+        """This micro-batch's share of its mini-batch's loss (forward pass), the loss metrics and log π_θ."""
+        loss_cfg = self.cfg.algorithm
+        entropy_mode = "grad" if loss_cfg.entropy_coef != 0 else "metric"
+        logp, entropy = response_logp(
+            self.engine, mb, temperature=self.cfg.rollout.temperature, entropy=entropy_mode
         )
-        return out
+        old_logp = mb.old_logp if mb.old_logp is not None else logp.detach()
+        loss, metrics = grpo_lambda_loss(
+            logp,
+            old_logp,
+            mb.advantages,
+            mb.response_mask,
+            loss_cfg,
+            ref_logp=mb.ref_logp if loss_cfg.kl_coef > 0 else None,
+            entropy=entropy,
+            num_tokens=count.num_tokens,
+            num_seqs=count.num_seqs,
+        )
+        return loss, metrics, logp
+
+    def _check_accumulation_boundary(self, index: int, num_micro: int) -> None:
+        """DeepSpeed steps the optimiser at its own accumulation boundary; it must be our last micro-batch."""
+        if self.engine.is_gradient_accumulation_boundary() != (index == num_micro - 1):
+            raise RuntimeError(
+                f"DeepSpeed's accumulation boundary (gradient_accumulation_steps="
+                f"{self.engine.gradient_accumulation_steps()}) is out of step with micro-batch {index + 1}/"
+                f"{num_micro}: its batch sizes or micro-step counter disagree with this mini-batch (was a previous "
+                "train_step interrupted?)"
+            )
 
     def _set_batch_sizes(self, mini_batch_samples: int, micro_batch_samples: int) -> None:
         """Keep DeepSpeed's bookkeeping (gradient_accumulation_steps decides the step boundary) in line."""
@@ -285,96 +264,50 @@ class LearnerWorker:
         return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
 
     # ------------------------------------------------------------------------------------------- weights out
-    def _full_named_tensors(
-        self, on_this_rank: bool, *, unique: bool = False, device: torch.device | str = "cpu"
-    ) -> Iterator[tuple[str, Tensor | None]]:
-        """(HF name, full tensor copied to `device`) for every parameter and persistent buffer, one at a time. Tied
-        parameters come under each of their names, or only the first with `unique` (nothing is kept between
-        items then: a streaming sender holds one tensor at a time). Under ZeRO-3 every rank must iterate (the
-        gathers are collective); ranks with on_this_rank=False get None instead of a copy."""
-        module = self.engine.module
-        if is_peft_model(module):
-            merged = merged_lora_weights(module) if on_this_rank else {}
-            yield from ((name, t.to(device)) for name, t in merged.items())
-            return
-        keys = set(module.state_dict().keys())
-        copies: dict[int, Tensor | None] = {}
-        for name, param in module.named_parameters(remove_duplicate=False):
-            if id(param) in copies:
-                if not unique:
-                    yield name, copies[id(param)]
-                continue
-            if hasattr(param, "ds_id"):  # ZeRO-3 partitioned: gather the full tensor on every rank
-                import deepspeed
-
-                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    value = param.detach().to(device, copy=True) if on_this_rank else None
-            else:  # streaming (unique) sends it before training resumes: no copy needed on the same device
-                value = param.detach().to(device, copy=not unique) if on_this_rank else None
-            copies[id(param)] = None if unique else value
-            yield name, value
-        for name, buf in module.named_buffers():
-            if name in keys:
-                yield name, buf.detach().to(device, copy=True) if on_this_rank else None
-
     def gather_state_dict(self) -> dict[str, Tensor] | None:
         """Full HF-named weights (engine dtype, CPU) on rank 0, None elsewhere. All ranks must call it (ZeRO-3).
 
         Tied embeddings: `lm_head.weight` is included explicitly (inference engines keep their own lm_head)."""
         self._require_init()
-        out = {name: t for name, t in self._full_named_tensors(on_this_rank=self.rank == 0)}
+        out = dict(full_named_tensors(self.engine.module, on_this_rank=self.rank == 0))
         if self.rank != 0:
             return None
-        model = (
-            self.engine.module.get_base_model() if is_peft_model(self.engine.module) else self.engine.module
-        )
-        tied = getattr(model.config, "tie_word_embeddings", False)
-        if tied and "lm_head.weight" not in out:
-            out["lm_head.weight"] = model.get_input_embeddings().weight.detach().cpu().clone()
+        embedding = tied_lm_head(self.engine.module)
+        if embedding is not None and "lm_head.weight" not in out:
+            out["lm_head.weight"] = embedding.detach().cpu().clone()
         return out
 
-    def init_weight_sync(
-        self,
-        host: str,
-        port: int,
-        world_size: int,
-        *,
-        backend: str,
-        timeout_s: float,
-        dtype: str,
-        bucket_bytes: int,
-    ) -> None:
-        """Rank 0 only: join the sync group as its rank 0 (see distributed/weight_sync.py); the engines join as
-        ranks 1.. at the same time. `dtype`: the engines' dtype, which the weights are cast to before sending."""
-        from grpo_lambda.distributed.weight_sync import new_sync_group, parse_dtype
+    def init_weight_sync(self, host: str, port: int, world_size: int, **sender_kwargs) -> None:
+        """Rank 0 only: join the weight-sync group as its rank 0 (the engines join as ranks 1.. at the same time);
+        `sender_kwargs` go to distributed.sync_protocol.WeightSender (backend, timeout_s, dtype, bucket_bytes)."""
+        from grpo_lambda.distributed.sync_protocol import WeightSender
 
         if self.rank != 0:
             raise RuntimeError("only learner rank 0 sends weights")
-        self._sync_group = new_sync_group(backend, host, port, 0, world_size, timeout_s)
-        self._sync_dtype, self._sync_bucket_bytes = parse_dtype(dtype), bucket_bytes
-        self._sync_device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+        self._sync = WeightSender(host, port, world_size, **sender_kwargs)
 
     def broadcast_weights(self, version: int) -> dict[str, int]:
         """Every rank (ZeRO-3 gathers are collective): rank 0 streams its full weights to the engines, one bucket
         at a time; returns what it sent (empty on other ranks)."""
-        from grpo_lambda.distributed.weight_sync import send_weights
-
         self._require_init()
         if self.rank != 0:
-            for _ in self._full_named_tensors(on_this_rank=False, unique=True):
+            for _ in full_named_tensors(self.engine.module, on_this_rank=False, unique=True):
                 pass
             return {}
-        if getattr(self, "_sync_group", None) is None:
+        if self._sync is None:
             raise RuntimeError("broadcast_weights before init_weight_sync")
-        tensors = self._full_named_tensors(on_this_rank=True, unique=True, device=self._sync_device)
-        return send_weights(self._sync_group, tensors, version, bucket_bytes=self._sync_bucket_bytes,
-                            dtype=self._sync_dtype, device=self._sync_device).as_dict()  # fmt: skip
+        tensors = full_named_tensors(
+            self.engine.module, on_this_rank=True, unique=True, device=self._sync.device
+        )
+        return self._sync.send(tensors, version).as_dict()
 
     def param_checksum(self) -> str:
         """sha256 over every full parameter (name, dtype, shape, bytes); equal on all ranks iff they agree."""
         self._require_init()
         digest = hashlib.sha256()
-        for name, value in sorted(self._full_named_tensors(on_this_rank=True), key=lambda kv: kv[0]):
+        for name, value in sorted(
+            full_named_tensors(self.engine.module, on_this_rank=True), key=lambda kv: kv[0]
+        ):
             digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
             digest.update(value.contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
@@ -430,27 +363,6 @@ class LearnerWorker:
         client_state = dict(client_state or {})
         self.num_updates = int(client_state.pop(CLIENT_STATE_KEY, {}).get("num_updates", 0))
         return client_state
-
-
-def reduce_rank_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Combine the ranks' train_step metrics: loss shares and token counts are summed; global values (grad norm,
-    lr) are taken from rank 0; timings are the slowest rank's; every other metric is a token-weighted mean."""
-    if not per_rank:
-        return {}
-    tokens = [m.get("learner/num_tokens", 1.0) for m in per_rank]
-    total = sum(tokens) or 1.0
-    out = {}
-    for key in per_rank[0]:
-        values = [m[key] for m in per_rank]
-        if key in SUMMED_METRICS:
-            out[key] = sum(values)
-        elif key in GLOBAL_METRICS:
-            out[key] = values[0]
-        elif key.startswith("time/") or key.endswith("_s") or key in MAX_METRICS:
-            out[key] = max(values)
-        else:
-            out[key] = sum(v * n for v, n in zip(values, tokens)) / total
-    return out
 
 
 class LearnerActor(LearnerWorker):

@@ -16,7 +16,6 @@ from grpo_lambda.rewards.spec import (
     TIMEOUT,
     UNPARSABLE,
     WRONG,
-    RewardSpec,
     VerifyRequest,
     VerifyResult,
 )
@@ -38,7 +37,6 @@ __all__ = [
     "UNPARSABLE",
     "VERIFIERS",
     "WRONG",
-    "RewardSpec",
     "VerifierPool",
     "VerifyRequest",
     "VerifyResult",

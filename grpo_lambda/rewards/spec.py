@@ -1,8 +1,7 @@
-"""Value types of the reward layer: outcomes, one check's request and result, a dataset's reward spec."""
+"""Value types of the reward layer: outcomes, one check's request and its result."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 CORRECT, WRONG, UNPARSABLE, TIMEOUT, ERROR = "correct", "wrong", "unparsable", "timeout", "error"
@@ -17,39 +16,6 @@ OUTCOMES = (CORRECT, WRONG, UNPARSABLE, TIMEOUT, ERROR)
 - ``error``: the verifier itself failed (an exception, an unparsable *gold* answer, a worker process that
   died twice on the same item); ``VerifyResult.detail`` says what happened.
 """
-
-
-@dataclass(frozen=True)
-class RewardSpec:
-    """How one dataset is rewarded; the config layer embeds it (``reward: {verifier: math, ...}``).
-
-    reward = (``correct`` if outcome == "correct" else ``wrong``) + ``format_weight`` · format_reward(response)
-    """
-
-    verifier: str = "math"
-    correct: float = 1.0
-    wrong: float = 0.0
-    format_weight: float = 0.0
-
-    def __post_init__(self) -> None:
-        from grpo_lambda.rewards.verifiers import get_verifier
-
-        get_verifier(self.verifier)  # raises, listing the registered names
-        for key in ("correct", "wrong", "format_weight"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"RewardSpec.{key} must be a finite number, got {value!r}")
-
-    def request(self, response: str | None, answer: str) -> VerifyRequest:
-        """A ``VerifyRequest`` for one response under this spec."""
-        return VerifyRequest(
-            response=response,
-            answer=answer,
-            verifier=self.verifier,
-            correct=self.correct,
-            wrong=self.wrong,
-            format_weight=self.format_weight,
-        )
 
 
 @dataclass(frozen=True)

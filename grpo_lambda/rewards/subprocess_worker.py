@@ -11,7 +11,7 @@ Inside the child, an interval timer (``setitimer``, the child's main thread, so 
 ``CheckTimeout`` at ``timeout_s``: a slow check in Python code ends as ``timeout`` without losing the process.
 The parent's kill is the guarantee for everything else (C loops such as huge integer powers never see the
 signal). ``CheckTimeout`` derives from ``BaseException`` so that the ``except Exception`` blocks in sympy and
-math-verify cannot swallow it (the anchors' bug that turned every reward into 0).
+math-verify cannot swallow it (a swallowed timeout would silently grade the sample 0, as if it were wrong).
 
 Children are forked from a zygote: one clean interpreter (``python -m grpo_lambda.rewards.zygote``) that
 imported and warmed up math-verify once. A replacement child starts in milliseconds, shares the zygote's

@@ -1,14 +1,9 @@
-"""Rollout: the engine-agnostic interface, the vLLM adapter (every vLLM call) and the RolloutWorker actor.
+"""Rollout: what is sampled (sampling.py), the vLLM adapter (vllm_engine.py: every vLLM API call; vllm_readback.py:
+reading an engine's weights back) and the engines as Ray actors with the driver's handle on them (group.py).
 
-Importing this package does not import vLLM or Ray; `vllm_engine` and `worker` import them when used.
+Importing this package does not import vLLM or Ray; the modules import them when used.
 """
 
-from grpo_lambda.rollout.engine import (
-    RolloutEngine,
-    Sample,
-    SamplingSpec,
-    mismatched_weights,
-    weight_checksums,
-)
+from grpo_lambda.rollout.sampling import Sample, SamplingSpec
 
-__all__ = ["RolloutEngine", "Sample", "SamplingSpec", "mismatched_weights", "weight_checksums"]
+__all__ = ["Sample", "SamplingSpec"]

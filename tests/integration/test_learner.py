@@ -15,8 +15,9 @@ import textwrap
 import pytest
 import torch
 
-from grpo_lambda.algorithms import LossConfig, grpo_lambda_loss
-from grpo_lambda.learner import LearnerConfig, build_batch
+from grpo_lambda.algorithms import grpo_lambda_loss
+from grpo_lambda.config import AlgorithmConfig, Config, LearnerConfig, ModelConfig
+from grpo_lambda.learner import build_batch
 from grpo_lambda.learner.model import load_causal_lm, response_logp
 
 pytestmark = pytest.mark.integration
@@ -25,6 +26,12 @@ LR = 1.0  # SGD step: parameter change / LR is exactly the gradient
 
 # Fixtures from tests/conftest.py: `tiny_model_dir` (random 2-layer Llama, untied), `tiny_tied_model_dir` (tied
 # embeddings, 1 KV head), `ray_local` (a local Ray cluster for the session).
+
+
+def run_config(model_dir, dtype: str, loss: AlgorithmConfig, **learner) -> Config:
+    """The parts of a run config the learner reads: model, learner (2 ranks unless given) and the loss."""
+    return Config(model=ModelConfig(path=str(model_dir), dtype=dtype), algorithm=loss,
+                  learner=LearnerConfig(**{"world_size": 2, **learner}))  # fmt: skip
 
 
 def make_batch(n: int = 8, seed: int = 0):
@@ -41,7 +48,7 @@ def make_batch(n: int = 8, seed: int = 0):
 
 def with_ref_logp(batch, model_dir, seed: int = 0):
     """A reference policy that differs from θ, so the KL term has a gradient."""
-    model = load_causal_lm(model_dir, dtype="fp32")
+    model = load_causal_lm(model_dir, dtype="float32")
     with torch.no_grad():
         logp, _ = response_logp(model, batch)
     noise = 0.3 * torch.randn(logp.shape, generator=torch.Generator().manual_seed(seed))
@@ -50,7 +57,7 @@ def with_ref_logp(batch, model_dir, seed: int = 0):
 
 def reference_step(model_dir, batch, loss_cfg):
     """Single process, whole mini-batch at once, plain torch: (initial weights, gradients, grad norm, loss)."""
-    model = load_causal_lm(model_dir, dtype="fp32")
+    model = load_causal_lm(model_dir, dtype="float32")
     logp, _ = response_logp(model, batch)
     loss, _ = grpo_lambda_loss(
         logp, logp.detach(), batch.advantages, batch.response_mask, loss_cfg, ref_logp=batch.ref_logp
@@ -94,24 +101,19 @@ def test_two_ranks_two_micro_batches_equal_the_full_batch_gradient(
 
     model_dir = str(tiny_model_dir)
 
-    loss_cfg = LossConfig(kl_coef=0.1, loss_agg=loss_agg)
+    loss_cfg = AlgorithmConfig(kl_coef=0.1, loss_agg=loss_agg)
     batch = with_ref_logp(make_batch(8), model_dir)
     ref_weights, ref_grads, ref_norm, ref_loss = reference_step(model_dir, batch, loss_cfg)
 
-    cfg = LearnerConfig(
-        zero_stage=stage,
-        dtype="fp32",
-        optimizer="sgd",
-        lr=LR,
-        grad_clip=0.0,
-        mini_batch_samples=8,
-        micro_batch_samples=2,
-    )  # 8 samples = 2 ranks x 2 micro-batches x 2 samples: DeepSpeed GAS = 2
-    group = LearnerGroup(2, model_dir, cfg)
+    # 8 samples = 2 ranks x 2 micro-batches x 2 samples: DeepSpeed GAS = 2
+    cfg = run_config(model_dir, "float32", loss_cfg, zero_stage=stage, optimizer="sgd", lr=LR, grad_clip=0.0,
+                     mini_batch_samples=8, micro_batch_samples=2)  # fmt: skip
+    group = LearnerGroup(cfg, model_dir)
     try:
-        before = ray.get(group.state_dict_for_sync())
-        metrics = group.train_step(batch, loss_cfg)
-        after = ray.get(group.state_dict_for_sync())
+        assert not group.needs_old_logp(len(batch))  # one update: θ_old = θ, no extra forward
+        before = ray.get(group.state_dict_ref())
+        metrics = group.train_step(batch)
+        after = ray.get(group.state_dict_ref())
         checksums = group.param_checksums()
     finally:
         group.shutdown()
@@ -136,26 +138,26 @@ def test_checkpoint_resume_and_synced_weights(ray_local, tiny_tied_model_dir, tm
 
     tied_model_dir = str(tiny_tied_model_dir)
 
-    loss_cfg = LossConfig(kl_coef=0.01)
-    cfg = LearnerConfig(
-        zero_stage=3,
-        dtype="bf16",
-        lr=1e-3,
-        lr_schedule="linear_warmup",
-        lr_warmup_steps=3,
-        mini_batch_samples=4,
-        micro_batch_samples=1,
-    )
+    cfg = run_config(tied_model_dir, "bfloat16", AlgorithmConfig(kl_coef=0.01), zero_stage=3, lr=1e-3,
+                     lr_schedule="linear_warmup", warmup_steps=3, mini_batch_samples=4, micro_batch_samples=1)  # fmt: skip
     batch1, batch2 = make_batch(8, seed=1), make_batch(8, seed=2)
     ckpt = tmp_path / "ckpt"
 
-    first = LearnerGroup(2, tied_model_dir, cfg, reference=True)
+    def step(group, batch):
+        """What Trainer.step does around the update: θ_old and reference log-probs first."""
+        assert group.needs_old_logp(len(batch))  # 2 mini-batches: the 2nd must see θ_old, not θ
+        batch = batch.replace(
+            old_logp=group.compute_logp(batch), ref_logp=group.compute_logp(batch, reference=True)
+        )
+        return group.train_step(batch)
+
+    first = LearnerGroup(cfg, tied_model_dir)
     try:
-        m1 = first.train_step(batch1, loss_cfg)
+        m1 = step(first, batch1)
         first.save_checkpoint(str(ckpt), "step1", client_state={"trainer_step": 1})
-        synced = ray.get(first.state_dict_for_sync())
+        synced = ray.get(first.state_dict_ref())
         sums1 = first.param_checksums()
-        m2 = first.train_step(batch2, loss_cfg)
+        m2 = step(first, batch2)
         sums2 = first.param_checksums()
     finally:
         first.shutdown()
@@ -165,12 +167,12 @@ def test_checkpoint_resume_and_synced_weights(ray_local, tiny_tied_model_dir, tm
     assert (ckpt / "step1").is_dir() and not [f for f in os.listdir(ckpt) if f.endswith((".tmp", ".old"))]
     assert (ckpt / "latest").read_text() == "step1"
 
-    second = LearnerGroup(2, tied_model_dir, cfg, reference=True)
+    second = LearnerGroup(cfg, tied_model_dir)
     try:
         client_state = second.load_checkpoint(str(ckpt), "step1")
         sums_loaded = second.param_checksums()
         logp_loaded = second.compute_logp(batch2)
-        m2_resumed = second.train_step(batch2, loss_cfg)
+        m2_resumed = step(second, batch2)
         sums2_resumed = second.param_checksums()
     finally:
         second.shutdown()
@@ -200,23 +202,24 @@ def test_single_process_worker_without_ray(tiny_model_dir, tmp_path):
     """LearnerWorker at world_size 1 (no Ray): 4 micro-batches accumulate to the full-batch gradient too.
     Runs in a subprocess so torch.distributed state does not leak into the test process."""
     model_dir = str(tiny_model_dir)
-    loss_cfg = LossConfig(kl_coef=0.1)
+    loss_cfg = AlgorithmConfig(kl_coef=0.1)
     batch = with_ref_logp(make_batch(8), model_dir)
     ref_weights, ref_grads, ref_norm, _ = reference_step(model_dir, batch, loss_cfg)
     torch.save({"batch": batch.__dict__}, tmp_path / "batch.pt")
     script = textwrap.dedent(
         f"""
         import json, torch
-        from grpo_lambda.algorithms import LossConfig
-        from grpo_lambda.learner import LearnerBatch, LearnerConfig, LearnerWorker, mini_batch_counts
+        from grpo_lambda.config import AlgorithmConfig, Config, LearnerConfig, ModelConfig
+        from grpo_lambda.learner import LearnerBatch, LearnerWorker, mini_batch_counts
         batch = LearnerBatch(**torch.load({str(tmp_path / "batch.pt")!r}, weights_only=True)["batch"])
         # Configured for GAS 2: train_step(mini 8, micro 2) must re-program DeepSpeed to GAS 4 (else it steps early).
-        cfg = LearnerConfig(zero_stage=2, dtype="fp32", optimizer="sgd", lr={LR}, grad_clip=0.0,
-                            mini_batch_samples=4, micro_batch_samples=2)
+        cfg = Config(model=ModelConfig(path={model_dir!r}, dtype="float32"), algorithm=AlgorithmConfig(kl_coef=0.1),
+                     learner=LearnerConfig(world_size=1, zero_stage=2, optimizer="sgd", lr={LR}, grad_clip=0.0,
+                                           mini_batch_samples=4, micro_batch_samples=2))
         worker = LearnerWorker(rank=0, world_size=1)
         worker.init({model_dir!r}, cfg)
         before = worker.gather_state_dict()
-        metrics = worker.train_step(batch, LossConfig(kl_coef=0.1), mini_batch_samples=8, micro_batch_samples=2,
+        metrics = worker.train_step(batch, mini_batch_samples=8, micro_batch_samples=2,
                                     counts=mini_batch_counts(batch, 8))
         torch.save({{"before": before, "after": worker.gather_state_dict()}}, {str(tmp_path / "out.pt")!r})
         print("METRICS" + json.dumps(metrics))
@@ -239,10 +242,9 @@ def test_single_process_worker_without_ray(tiny_model_dir, tmp_path):
 def test_actor_group_on_placement_groups(ray_local):
     import asyncio
 
-    import ray
     from ray.util.placement_group import remove_placement_group
 
-    from grpo_lambda.distributed import ActorGroup, RoleSpec, place_roles, placement_group_strategies
+    from grpo_lambda.distributed import ActorGroup, RoleSpec, place_roles
 
     class Echo:  # defined here so Ray ships it by value (the test module is not importable by workers)
         def __init__(self, tag: str = "", rank: int = -1):
@@ -268,12 +270,4 @@ def test_actor_group_on_placement_groups(ray_local):
     finally:
         learners.kill()
         rollouts.kill()
-        remove_placement_group(pg)
-
-    # Plain helper: N bundles and a scheduling strategy for each.
-    pg, strategies = placement_group_strategies(2, cpus_per_bundle=0.5)
-    try:
-        task = ray.remote(num_cpus=0.5)(lambda: "ran")
-        assert ray.get([task.options(scheduling_strategy=s).remote() for s in strategies]) == ["ran", "ran"]
-    finally:
         remove_placement_group(pg)

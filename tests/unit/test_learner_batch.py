@@ -8,7 +8,6 @@ import torch
 from grpo_lambda.learner.batch import (
     LearnerBatch,
     build_batch,
-    check_batch_sizes,
     concat_batches,
     mini_batch_counts,
     pad_response_dim,
@@ -122,19 +121,6 @@ def test_split_and_concat_roundtrip():
         split_batch(b, 3)
     with pytest.raises(ValueError, match="different"):
         concat_batches([b, build_batch([[1]], [[2]], [0.0])])
-
-
-def test_check_batch_sizes():
-    assert check_batch_sizes(16, mini_batch_samples=8, micro_batch_samples=2, world_size=2) == 2
-    assert check_batch_sizes(8, 8, 8, 1) == 1
-    with pytest.raises(ValueError, match="mini_batch_samples=6 must divide the 16 samples"):
-        check_batch_sizes(16, 6, 1, 2)
-    with pytest.raises(ValueError, match="multiple of the learner world size 4"):
-        check_batch_sizes(12, 6, 1, 4)
-    with pytest.raises(
-        ValueError, match="micro_batch_samples=3 must divide mini_batch_samples / world_size = 4"
-    ):
-        check_batch_sizes(16, 8, 3, 2)
 
 
 def test_counts_and_data_parallel_shards():

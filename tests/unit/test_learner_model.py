@@ -8,6 +8,7 @@ import importlib.util
 import pytest
 import torch
 
+from grpo_lambda.config import LoraConfig
 from grpo_lambda.learner.batch import build_batch, pad_response_dim
 from grpo_lambda.learner.model import load_causal_lm, response_logp
 
@@ -36,7 +37,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(model_dir):
-    return load_causal_lm(model_dir, dtype="fp32")
+    return load_causal_lm(model_dir, dtype="float32")
 
 
 PROMPTS = [[5, 6, 7, 8], [9], [10, 11]]
@@ -74,7 +75,7 @@ def test_compacted_micro_batch_gives_the_same_logp(model):
 
 
 def test_gradient_is_finite_through_left_padding(model_dir):
-    model = load_causal_lm(model_dir, dtype="fp32")
+    model = load_causal_lm(model_dir, dtype="float32")
     batch = build_batch(PROMPTS, RESPONSES, [0.0] * 3)
     logp, entropy = response_logp(model, batch, entropy="grad")
     (logp.sum() + entropy.sum()).backward()
@@ -100,33 +101,35 @@ def test_entropy_modes_agree(model):
 
 
 def test_load_options(model_dir, tmp_path):
-    ref = load_causal_lm(model_dir, dtype="bf16", trainable=False)
+    ref = load_causal_lm(model_dir, dtype="bfloat16", trainable=False)
     assert (
         ref.dtype == torch.bfloat16
         and not any(p.requires_grad for p in ref.parameters())
         and not ref.training
     )
-    gc = load_causal_lm(model_dir, dtype="fp32", gradient_checkpointing=True)
+    gc = load_causal_lm(model_dir, dtype="float32", gradient_checkpointing=True)
     assert gc.is_gradient_checkpointing and gc.config.use_cache is False
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_causal_lm(tmp_path / "missing")
-    with pytest.raises(ValueError, match="dtype 'fp16'"):
-        load_causal_lm(model_dir, dtype="fp16")
+    with pytest.raises(ValueError, match="dtype 'float16'"):
+        load_causal_lm(model_dir, dtype="float16")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("peft") is not None, reason="peft is installed")
 def test_lora_without_peft_says_what_to_do(model_dir):
     with pytest.raises(ImportError, match="pip install peft"):
-        load_causal_lm(model_dir, dtype="fp32", lora_rank=4, lora_target_modules=("q_proj",))
+        load_causal_lm(model_dir, dtype="float32", lora=LoraConfig(rank=4, target_modules=["q_proj"]))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed")
 def test_lora_merged_weights_reproduce_the_adapted_model(model_dir):
     from transformers import AutoModelForCausalLM
 
-    from grpo_lambda.learner.model import merged_lora_weights
+    from grpo_lambda.learner.weights import merged_lora_weights
 
-    model = load_causal_lm(model_dir, dtype="fp32", lora_rank=4, lora_target_modules=("q_proj", "v_proj"))
+    model = load_causal_lm(
+        model_dir, dtype="float32", lora=LoraConfig(rank=4, target_modules=["q_proj", "v_proj"])
+    )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     for name, p in model.named_parameters():

@@ -6,7 +6,6 @@ import pytest
 
 from grpo_lambda.rewards import (
     OUTCOMES,
-    RewardSpec,
     VerifyRequest,
     VerifyResult,
     check,
@@ -136,13 +135,17 @@ def test_format_reward():
     assert format_reward(r"\boxed{" + "{" * 100) == 0.0
 
 
-def test_check_applies_reward_spec():
-    spec = RewardSpec(verifier="math", correct=2.0, wrong=-1.0, format_weight=0.5)
-    good = check(spec.request(r"\boxed{0.5}", r"\frac12"))
+def test_check_applies_the_reward_values():
+    def request(response):
+        return VerifyRequest(
+            response, r"\frac12", verifier="math", correct=2.0, wrong=-1.0, format_weight=0.5
+        )
+
+    good = check(request(r"\boxed{0.5}"))
     assert (good.reward, good.outcome, good.detail) == (2.5, "correct", "")
-    wrong_but_formatted = check(spec.request(r"\boxed{7}", r"\frac12"))
+    wrong_but_formatted = check(request(r"\boxed{7}"))
     assert (wrong_but_formatted.reward, wrong_but_formatted.outcome) == (-0.5, "wrong")
-    unformatted = check(spec.request("the answer is 7", r"\frac12"))
+    unformatted = check(request("the answer is 7"))
     assert (unformatted.reward, unformatted.outcome) == (-1.0, "wrong")
     assert good.latency_s >= 0.0
 
@@ -157,16 +160,10 @@ def test_unparsable_gold_is_an_error_with_detail_not_a_wrong():
     assert check(VerifyRequest(r"\boxed{np.arcsin(10/13)}", "np.arcsin(10/13)")).outcome == "correct"
 
 
-def test_registry_and_spec_validation():
+def test_registry():
     assert get_verifier("math") is verify_math
     with pytest.raises(ValueError, match="registered verifiers: format, gsm8k, math"):
         get_verifier("maths")
-    with pytest.raises(ValueError, match="registered verifiers"):
-        RewardSpec(verifier="nope")
-    with pytest.raises(ValueError, match="RewardSpec.correct"):
-        RewardSpec(correct=float("nan"))
-    with pytest.raises(ValueError, match="RewardSpec.format_weight"):
-        RewardSpec(format_weight="1")  # type: ignore[arg-type]
     assert check(VerifyRequest("x", "1", verifier="nope")).outcome == "error"
 
 

@@ -1,4 +1,5 @@
-"""lambda_trace against a naive Python-loop reference (values and gradients, every style × anchor, floors, ragged masks)."""
+"""lambda_trace against the dense reference (values and gradients, every style × anchor, floors, ragged masks); the
+dense reference itself against a per-element Python loop over the definition."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from grpo_lambda.algorithms import discounted_cumsum, eligibility_weight, lambda_trace
+from grpo_lambda.algorithms.dense_reference import dense_trace_weights
 
 STYLES = ["recent", "both", "early"]
 ANCHORS = ["token", "sequence"]
@@ -23,8 +25,8 @@ def ref_weight(t: int, k: int, last: int, a: float, style: str, anchor: str, flo
     return max(w, floor)
 
 
-def ref_matrix(mask: torch.Tensor, a: float, style: str, anchor: str, floor: float) -> torch.Tensor:
-    """Dense [B, T, T] float64 weights W[b, t, k] (loops; only for tests)."""
+def loop_matrix(mask: torch.Tensor, a: float, style: str, anchor: str, floor: float) -> torch.Tensor:
+    """Dense [B, T, T] float64 weights W[b, t, k] by loops over the definition."""
     batch, horizon = mask.shape
     w = torch.zeros(batch, horizon, horizon, dtype=torch.float64)
     for b in range(batch):
@@ -35,6 +37,11 @@ def ref_matrix(mask: torch.Tensor, a: float, style: str, anchor: str, floor: flo
                 if k <= t:
                     w[b, t, k] = ref_weight(t, k, last, a, style, anchor, floor)
     return w
+
+
+def ref_matrix(mask: torch.Tensor, a: float, style: str, anchor: str, floor: float) -> torch.Tensor:
+    """The shared dense reference (grpo_lambda.algorithms.dense_reference) with a = γλ."""
+    return dense_trace_weights(mask, gamma=1.0, lam=a, style=style, anchor=anchor, floor=floor)
 
 
 def ragged_mask(batch: int, horizon: int, gen: torch.Generator) -> torch.Tensor:
@@ -49,9 +56,19 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float):
 
 
 @pytest.mark.parametrize("style,anchor", list(itertools.product(STYLES, ANCHORS)))
+@pytest.mark.parametrize("a, floor", [(0.99, 0.0), (0.7, 0.05), (0.0, 1e-7), (1.0, 0.0)])
+def test_dense_reference_is_the_definition(style, anchor, a, floor):
+    gen = torch.Generator().manual_seed(17)
+    mask = ragged_mask(4, 23, gen)
+    mask[1, 5] = False  # a hole: the sequence anchor uses the last valid token, not the length
+    torch.testing.assert_close(ref_matrix(mask, a, style, anchor, floor), loop_matrix(mask, a, style, anchor, floor),
+                               rtol=1e-12, atol=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("style,anchor", list(itertools.product(STYLES, ANCHORS)))
 @pytest.mark.parametrize("gamma,lam", [(1.0, 0.99), (0.9, 0.7), (1.0, 0.0), (1.0, 1.0), (0.95, 0.5)])
 @pytest.mark.parametrize("floor", [0.0, 1e-7, 0.05])
-def test_values_and_gradients_match_loop_reference(style, anchor, gamma, lam, floor):
+def test_values_and_gradients_match_dense_reference(style, anchor, gamma, lam, floor):
     gen = torch.Generator().manual_seed(hash((style, anchor, gamma, lam, floor)) % 2**31)
     batch, horizon = 5, 61  # 61: four chunks of the chunked scan, a ragged tail
     mask = ragged_mask(batch, horizon, gen)

@@ -12,6 +12,7 @@ import types
 
 import pytest
 
+from grpo_lambda.config import LoggerConfig, WandbConfig
 from grpo_lambda.tracking import Tracker, moving_average, summarize
 from grpo_lambda.utils import Timer, atomic_write_json, atomic_write_text
 
@@ -31,9 +32,13 @@ def metrics(step: int) -> dict[str, float]:
     }
 
 
+def logger(mode: str = "disabled", **kw) -> LoggerConfig:
+    return LoggerConfig(wandb=WandbConfig(mode=mode), **kw)
+
+
 def test_jsonl_console_plot_summary(tmp_path):
     out = io.StringIO()
-    tr = Tracker(tmp_path / "run", {"a": 1}, wandb_mode="disabled", total_steps=4, stream=out)
+    tr = Tracker(tmp_path / "run", logger(), config={"a": 1}, total_steps=4, stream=out)
     for step in (1, 2, 3):
         tr.log(step, metrics(step))
     summary = tr.finish()
@@ -59,9 +64,7 @@ def test_jsonl_console_plot_summary(tmp_path):
 
 def test_console_every_n_steps(tmp_path):
     out = io.StringIO()
-    tr = Tracker(
-        tmp_path, wandb_mode="disabled", plot=False, total_steps=5, console_every_steps=2, stream=out
-    )
+    tr = Tracker(tmp_path, logger(plot=False), total_steps=5, console_every_steps=2, stream=out)
     for step in range(1, 6):
         tr.log(step, {"reward/mean": 0.5})
     tr.finish()
@@ -74,7 +77,7 @@ def test_console_every_n_steps(tmp_path):
 
 
 def test_non_finite_values_and_bad_metric(tmp_path):
-    tr = Tracker(tmp_path, wandb_mode="disabled", console=False, plot=False)
+    tr = Tracker(tmp_path, logger(console=False, plot=False))
     tr.log(1, {"learner/loss": float("nan"), "reward/mean": 1})
     with pytest.raises(TypeError, match="metric 'x'='abc' is not a number"):
         tr.log(2, {"x": "abc"})
@@ -84,14 +87,14 @@ def test_non_finite_values_and_bad_metric(tmp_path):
 
 
 def test_resume_drops_later_steps_and_reloads_history(tmp_path):
-    tr = Tracker(tmp_path, wandb_mode="disabled", console=False, plot=False)
+    tr = Tracker(tmp_path, logger(console=False, plot=False))
     for step in (1, 2, 3, 4):
         tr.log(step, metrics(step))
     tr.finish()
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "reward/me')  # a write cut short by a crash
     with pytest.warns(UserWarning, match=r"metrics.jsonl:5: unreadable"):
-        tr2 = Tracker(tmp_path, wandb_mode="disabled", console=False, plot=False, start_step=2)
+        tr2 = Tracker(tmp_path, logger(console=False, plot=False), start_step=2)
     assert [s for s, _ in tr2.history] == [1, 2]
     tr2.log(3, metrics(3))
     summary = tr2.finish()
@@ -102,7 +105,7 @@ def test_resume_drops_later_steps_and_reloads_history(tmp_path):
 
 def test_fresh_start_truncates_old_metrics(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval/acc": 1.0}\n{"step": 7, "reward/mean": 1.0}\n')
-    tr = Tracker(tmp_path, wandb_mode="disabled", console=False, plot=False)
+    tr = Tracker(tmp_path, logger(console=False, plot=False))
     tr.log(1, {"reward/mean": 0.0})
     tr.finish()
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
@@ -133,7 +136,7 @@ def test_training_survives_wandb_failure(tmp_path, monkeypatch, capsys, fail_ini
     fake = _BrokenWandb(fail_init)
     monkeypatch.setitem(sys.modules, "wandb", fake)
     with pytest.warns(RuntimeWarning, match="wandb failed") as warned:
-        tr = Tracker(tmp_path, wandb_mode="offline", console=False, plot=False)
+        tr = Tracker(tmp_path, logger("offline", console=False, plot=False))
         for step in (1, 2, 3):
             tr.log(step, {"reward/mean": step})
         tr.finish()
@@ -143,11 +146,17 @@ def test_training_survives_wandb_failure(tmp_path, monkeypatch, capsys, fail_ini
     assert capsys.readouterr().err.count("wandb failed") == 1
 
 
-def test_from_config(tmp_path):
+def test_for_run(tmp_path):
     from grpo_lambda.config import load_config
 
-    cfg = load_config(["experiment=cpu_tiny_test", f"trainer.output_dir={tmp_path}", "logger.plot=false"])
-    tr = Tracker.from_config(cfg, console=False)
+    cfg = load_config(["experiment=cpu_tiny_test", f"trainer.output_dir={tmp_path}", "logger.plot=false",
+                       "logger.console=false"])  # fmt: skip
+    tr = Tracker.for_run(cfg)
+    assert (
+        tr.logger is cfg.logger
+        and tr.total_steps == cfg.trainer.total_steps
+        and tr.run_name == "cpu_tiny_test"
+    )
     tr.log(1, {"reward/mean": 0.5})
     tr.finish()
     run = tmp_path / "cpu_tiny_test"
@@ -183,6 +192,8 @@ def test_atomic_writes_and_timer(tmp_path):
     with pytest.raises(KeyError):
         with timer("learn"):
             raise KeyError("boom")
+    with timer("sleep", record=False):  # a phase that costs nothing here gets no metric
+        pass
     m = timer.metrics()
     assert set(m) == {"time/generate_s", "time/learn_s"} and m["time/generate_s"] >= 0.02
 
@@ -191,7 +202,10 @@ def test_atomic_writes_and_timer(tmp_path):
 def test_wandb_offline_for_real(tmp_path):
     """Real wandb in offline mode (a local wandb-core process, ~1-3 s): files land in run_dir/wandb."""
     tr = Tracker(
-        tmp_path, {"algorithm": {"lam": 0.99}}, wandb_mode="offline", console=False, plot=False, run_name="t"
+        tmp_path,
+        logger("offline", console=False, plot=False),
+        config={"algorithm": {"lam": 0.99}},
+        run_name="t",
     )
     tr.log(1, {"reward/mean": 0.25})
     tr.finish()

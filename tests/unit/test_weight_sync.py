@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from grpo_lambda.distributed.rendezvous import find_free_port
-from grpo_lambda.distributed.weight_sync import (
+from grpo_lambda.distributed.sync_protocol import (
     WeightReceiver,
     flatten_bucket,
     iter_buckets,

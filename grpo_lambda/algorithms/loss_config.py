@@ -1,0 +1,29 @@
+"""`LossConfig`: every knob of the GRPO-λ loss, with the paper's defaults (ε-trace, λ 0.99, γ 1, style both, β 0.001).
+
+The run configuration's `algorithm` section *is* this class plus the advantage and sampling knobs
+(`grpo_lambda/config/schema.py`: `AlgorithmConfig(LossConfig)`), so the learner passes `cfg.algorithm` straight to
+`grpo_lambda_loss`: nothing is copied. Values are checked once, with the rest of the run configuration, in
+`grpo_lambda/config/validation.py`; the names come from the registries (an unknown name fails at first use too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class LossConfig:
+    policy_loss: str = "trace"  # ppo (clipped ratio) | trace (ε-trace) | weight (ε-weight)
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    dual_clip_c: float | None = None  # dual-clip bound (> 1) for negative advantages; null = off
+    gamma: float = 1.0
+    lam: float = 0.99  # λ; a = γλ is the trace decay
+    trace_style: str = "both"  # recent: a^(t−k); both: max(a^(t−k), a^k); early: a^k
+    trace_anchor: str = "token"  # token (paper) | sequence (lag measured from the sequence's last token)
+    trace_floor: float = 0.0  # floor on off-diagonal trace weights (authors' code: 1e-7)
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_coef: float = 0.001  # β; 0 = no reference model is loaded
+    entropy_coef: float = 0.0
+    loss_agg: str = "token-mean"  # see aggregation.py
+    max_log_ratio: float = 20.0  # overflow guard: log r and z are clamped to ±this before exp

@@ -1,0 +1,136 @@
+"""The rollout engines as Ray actors, and the driver's handle on all of them.
+
+    rollout = RolloutGroup(cfg, model_path, placement)      # cfg.rollout.num_workers engines, started and ready
+    samples = rollout.generate(prompts, spec)              # [prompt][sample], spread over the engines
+    rollout.sleep(); ...; rollout.wake_up()                # colocated GPUs: free memory while the learner trains
+
+Each actor *is* a `VLLMEngine` (`EngineActor` only adds where it runs and a start-up report), so a remote call goes
+straight to the adapter. Weight sync talks to `rollout.engines` through distributed/weight_sync.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+from grpo_lambda.config.schema import Config
+from grpo_lambda.data.templates import Prompt
+from grpo_lambda.rollout.sampling import Sample, SamplingSpec
+from grpo_lambda.rollout.vllm_engine import VLLMEngine, vllm_env_vars
+
+_REPORTED_ENV = (
+    "VLLM_ENABLE_V1_MULTIPROCESSING",
+    "VLLM_CPU_OMP_THREADS_BIND",
+    "VLLM_ALLOW_INSECURE_SERIALIZATION",
+    "LD_PRELOAD",
+    "OMP_NUM_THREADS",
+)
+
+
+class EngineActor(VLLMEngine):
+    """Ray face of VLLMEngine: where it runs and what it started with; all work is inherited."""
+
+    def ready(self) -> dict:
+        """Returns once the engine is up: what a caller may want to log or check."""
+        return {
+            "pid": os.getpid(),
+            "engine_start_s": self.start_s,
+            "weights_version": self.weights_version(),
+            "on_cpu": self.on_cpu,
+            "env": {k: os.environ.get(k, "") for k in _REPORTED_ENV},
+            "tcmalloc_loaded": _library_loaded("libtcmalloc"),
+        }
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+def _library_loaded(name: str) -> bool:
+    """Whether a shared library whose file name contains `name` is mapped into this process (Linux)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any(name in line for line in maps)
+    except OSError:
+        return False
+
+
+def engine_runtime_env(num_gpus: float, extra_env: dict[str, str] | None = None) -> dict:
+    """runtime_env for an engine actor: vLLM's in-process mode, no CPU pinning, tcmalloc where installed."""
+    env = vllm_env_vars(on_cpu=num_gpus == 0)
+    env.update(extra_env or {})
+    return {"env_vars": env}
+
+
+def engine_actor_cls(num_cpus: float = 1, num_gpus: float = 0, extra_env: dict[str, str] | None = None):
+    """The Ray actor class of EngineActor with its resources and environment (a CPU engine when num_gpus == 0)."""
+    import ray
+
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus,
+                      runtime_env=engine_runtime_env(num_gpus, extra_env))(EngineActor)  # fmt: skip
+
+
+class RolloutGroup:
+    """`cfg.rollout.num_workers` engine actors on the rollout role's bundles (`placement`), each with the weights
+    in `model_path`; engine i samples with seed `trainer.seed + i`."""
+
+    def __init__(self, cfg: Config, model_path: str, placement, gpus: float):
+        import ray
+
+        r, env = cfg.rollout, dict(cfg.cluster.env_vars)
+        if gpus == 0 and not cfg.cluster.address:
+            # Rollout and learning take turns on a local CPU machine: the engine may use every core while it runs
+            # (Ray would otherwise pin it to OMP_NUM_THREADS=1, its 1-CPU reservation).
+            env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+        # Colocated GPUs: the engine frees its memory while the learner trains on the same device.
+        self.sleep_mode = cfg.cluster.placement == "colocated" and gpus > 0
+        actor_cls = engine_actor_cls(num_cpus=1, num_gpus=gpus, extra_env=env)
+        self.engines = [
+            actor_cls.options(**placement.actor_options(i)).remote(
+                model_path,
+                r,
+                dtype=r.engine_dtype(cfg.model.dtype),
+                seed=cfg.trainer.seed + i,
+                max_model_len=cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
+                sleep_mode=self.sleep_mode,
+            )  # fmt: skip
+            for i in range(r.num_workers)
+        ]
+        try:
+            ray.get([e.ready.remote() for e in self.engines])  # up, or its start-up error raised here
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def generate(self, prompts: list[Prompt], spec: SamplingSpec) -> list[list[Sample]]:
+        """`spec.n` samples for each prompt, in prompt order; prompt i goes to engine i mod num_engines."""
+        import ray
+
+        k = len(self.engines)
+        shards = [prompts[i::k] for i in range(k)]
+        refs = [e.generate.remote([p.token_ids for p in s], spec) for e, s in zip(self.engines, shards) if s]
+        by_prompt: dict[int, list[Sample]] = {}
+        for w, out in enumerate(ray.get(refs)):
+            for j, group in enumerate(out):
+                by_prompt[w + j * k] = group
+        return [by_prompt[i] for i in range(len(prompts))]
+
+    def sleep(self) -> None:
+        """Free the engines' GPU memory (sleep_mode only: a no-op call is not made)."""
+        self._call_all("sleep")
+
+    def wake_up(self) -> None:
+        self._call_all("wake_up")
+
+    def _call_all(self, method: str) -> None:
+        import ray
+
+        if self.sleep_mode:
+            ray.get([getattr(e, method).remote() for e in self.engines])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for engine in self.engines:
+            ray.kill(engine)
+        self.engines = []

@@ -1,0 +1,101 @@
+"""Every private internal in grpo_lambda/compat.py still exists in the installed DeepSpeed, torch and Ray.
+
+An upgrade that removes or renames one fails here, naming it, instead of somewhere deep in a run (or silently)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from datetime import timedelta
+
+import pytest
+import torch
+
+from grpo_lambda import compat
+
+
+def test_deepspeed_shm_comm_switch_is_honoured(monkeypatch):
+    """DeepSpeed's TorchBackend builds no shared-memory op once it is switched off (no JIT, no lock to hang on)."""
+    import deepspeed.ops
+
+    from grpo_lambda.learner.deepspeed_setup import SHM_COMM_ENV, disable_shm_comm_build
+
+    assert isinstance(deepspeed.ops.__compatible_ops__, dict), "deepspeed.ops.__compatible_ops__ is gone"
+    ds_torch = importlib.import_module(
+        "deepspeed.comm.torch"
+    )  # the attribute `deepspeed.comm.torch` is torch
+    saved = deepspeed.ops.__compatible_ops__.get(compat.SHM_COMM_OP)
+    monkeypatch.delenv(SHM_COMM_ENV, raising=False)
+    try:
+        assert disable_shm_comm_build() is True
+        assert deepspeed.ops.__compatible_ops__[compat.SHM_COMM_OP] is False
+        assert ds_torch.build_shm_op() is None
+    finally:
+        deepspeed.ops.__compatible_ops__[compat.SHM_COMM_OP] = saved
+    monkeypatch.setenv(SHM_COMM_ENV, "1")
+    assert disable_shm_comm_build() is False
+
+
+def test_deepspeed_optimisers_record_the_global_grad_norm():
+    """`deepspeed_records_grad_norm` looks for `_global_grad_norm`, which the ZeRO optimisers set."""
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    for cls in (DeepSpeedZeroOptimizer, DeepSpeedZeroOptimizer_Stage3):
+        assert "self._global_grad_norm" in inspect.getsource(cls), (
+            f"{cls.__name__} no longer sets _global_grad_norm"
+        )
+
+    class Recording:
+        _global_grad_norm = 0.0
+
+    assert compat.deepspeed_records_grad_norm(Recording())
+    assert not compat.deepspeed_records_grad_norm(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1))
+
+
+def test_zero3_parameter_attributes():
+    """ZeRO-3 tags partitioned parameters with ds_id and keeps their full size in ds_numel."""
+    from deepspeed.runtime.zero import partition_parameters
+
+    source = inspect.getsource(partition_parameters)
+    assert "param.ds_id = " in source and "ds_numel" in source, "ZeRO-3 no longer sets ds_id / ds_numel"
+    plain = torch.nn.Parameter(torch.zeros(3, 4))
+    assert not compat.is_zero3_partitioned(plain) and compat.full_numel(plain) == 12
+    plain.ds_id, plain.ds_numel = 7, 99  # what ZeRO-3 adds
+    assert compat.is_zero3_partitioned(plain) and compat.full_numel(plain) == 99
+
+
+def test_raw_process_group_constructors():
+    """A one-rank gloo group from a TCPStore, outside torch.distributed's default group; NCCL's private
+    Options._timeout where NCCL is built in."""
+    import torch.distributed as dist
+
+    from grpo_lambda.distributed.rendezvous import find_free_port
+
+    store = dist.TCPStore("127.0.0.1", find_free_port(), 1, is_master=True, timeout=timedelta(seconds=30))
+    group = compat.new_process_group("gloo", store, 0, 1, timedelta(seconds=30))
+    t = torch.ones(2)
+    opts = dist.AllreduceOptions()
+    group.allreduce([t], opts).wait()
+    assert torch.equal(t, torch.ones(2))
+    with pytest.raises(ValueError, match="gloo or nccl"):
+        compat.new_process_group("mpi", store, 0, 1, timedelta(seconds=30))
+    if dist.is_nccl_available():
+        assert hasattr(dist.ProcessGroupNCCL.Options(), "_timeout"), (
+            "ProcessGroupNCCL.Options._timeout is gone"
+        )
+
+
+def test_ray_internals():
+    """The token-auth helper the client uses and ray.init's private `_node_ip_address`."""
+    import ray
+    from ray._private.authentication.authentication_token_setup import (  # noqa: F401
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    assert "warn_if_disabled" in inspect.signature(maybe_enable_token_auth_if_token_available).parameters
+    # ray.init pops it from **kwargs (ray/_private/worker.py); any other key it would reject
+    assert 'kwargs.pop("_node_ip_address"' in inspect.getsource(ray.init), (
+        "ray.init no longer takes _node_ip_address"
+    )
+    assert compat.ray_init_bind_localhost() == {"_node_ip_address": "127.0.0.1"}
