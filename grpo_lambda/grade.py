@@ -21,14 +21,16 @@ from pathlib import Path
 from grpo_lambda.rewards.metrics import outcome_metrics
 from grpo_lambda.rewards.pool import VerifierPool
 from grpo_lambda.rewards.spec import OUTCOMES, VerifyRequest, VerifyResult
-from grpo_lambda.rewards.verifiers import VERIFIERS
+from grpo_lambda.rewards.verifiers import MATH_FALLBACKS, VERIFIERS
 
 
 class InputError(ValueError):
     """A malformed input line; the message names ``file:line``."""
 
 
-def read_rows(path: Path, default_verifier: str) -> Iterator[tuple[dict, VerifyRequest]]:
+def read_rows(
+    path: Path, default_verifier: str, math_fallback: str = "none"
+) -> Iterator[tuple[dict, VerifyRequest]]:
     """Yield ``(row, request)`` per non-blank line; ``InputError`` naming ``path:line`` on a malformed one.
 
     Bytes that are not UTF-8 are replaced (U+FFFD): model text is graded as it is, not rejected.
@@ -54,7 +56,10 @@ def read_rows(path: Path, default_verifier: str) -> Iterator[tuple[dict, VerifyR
                 raise InputError(
                     f'{where}: unknown "verifier" {verifier!r}; use one of {", ".join(sorted(VERIFIERS))}'
                 )
-            yield row, VerifyRequest(response=row["response"], answer=str(answer), verifier=verifier)
+            request = VerifyRequest(
+                row["response"], str(answer), verifier=verifier, math_fallback=math_fallback
+            )
+            yield row, request
 
 
 def json_line(row: dict) -> str:
@@ -93,7 +98,12 @@ def summary_table(results_by_verifier: dict[str, list[VerifyResult]], wall_s: fl
 
 
 def grade_file(
-    in_path: Path, out_path: Path, pool: VerifierPool, default_verifier: str = "math", block_lines: int = 4096
+    in_path: Path,
+    out_path: Path,
+    pool: VerifierPool,
+    default_verifier: str = "math",
+    block_lines: int = 4096,
+    math_fallback: str = "none",
 ) -> dict[str, list[VerifyResult]]:
     """Grade ``in_path`` into ``out_path`` (written atomically); returns the results per verifier."""
     total = count_rows(in_path, default_verifier)
@@ -101,7 +111,7 @@ def grade_file(
     tmp_path = out_path.with_name(out_path.name + ".tmp")
     done = 0
     with open(tmp_path, "w", encoding="utf-8") as out:
-        rows = read_rows(in_path, default_verifier)
+        rows = read_rows(in_path, default_verifier, math_fallback)
         while True:
             block = [pair for _, pair in zip(range(block_lines), rows)]
             if not block:
@@ -136,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=5.0, help="wall-clock seconds per check (default 5)")
     parser.add_argument("--verifier", default="math", choices=sorted(VERIFIERS), help="default verifier")
     parser.add_argument("--chunk-size", type=int, default=16, help="requests per message to a subprocess")
+    parser.add_argument(
+        "--math-fallback",
+        default="none",
+        choices=MATH_FALLBACKS,
+        help="math verifier, response without \\boxed{}: none = unparsable (the GRPO-λ authors' grading, default) "
+        "or last_number (the text after 'answer is', else the last number)",
+    )
     args = parser.parse_args(argv)
     if not args.input.is_file():
         parser.error(f"input file {args.input} does not exist")
@@ -147,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=args.workers, timeout_s=args.timeout, chunk_size=args.chunk_size
         ) as pool:
             start = time.perf_counter()
-            by_verifier = grade_file(args.input, args.output, pool, args.verifier)
+            by_verifier = grade_file(
+                args.input, args.output, pool, args.verifier, math_fallback=args.math_fallback
+            )
             wall_s = time.perf_counter() - start
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

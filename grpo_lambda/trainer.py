@@ -132,7 +132,7 @@ class Trainer:
         """Grade every sample against its prompt's gold answer in the verifier pool."""
         rw = self.cfg.reward
         requests = [VerifyRequest(response=s.text, answer=p.answer, verifier=p.verifier, correct=rw.correct,
-                                  wrong=rw.wrong, format_weight=rw.format_weight)
+                                  wrong=rw.wrong, format_weight=rw.format_weight, math_fallback=rw.math_fallback)
                     for p, group in zip(prompts, samples) for s in group]  # fmt: skip
         results = self.verifier.score(requests)
         return Rollout(prompts, samples, torch.tensor([r.reward for r in results]), results)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Submit a training run to a running Ray cluster (the same entry point as a local run; only cluster= differs).
-#   RAY_ADDRESS=http://HEAD_IP:8265 scripts/ray_submit.sh experiment=paper_qwen1.5b model.path=/models/Qwen2.5-1.5B-Instruct
+#   RAY_ADDRESS=http://HEAD_IP:8265 scripts/ray_submit.sh experiment=paper_qwen1.5b_math12k model.path=/models/Qwen2.5-1.5B-Instruct
 # The repository is uploaded as the job's working dir (.venv, runs/ and wandb/ left out); every node needs the
 # same Python environment (`make install EXTRAS=gpu,lora,dev` on GPU nodes, or docker/Dockerfile.gpu).
 # Run folders: the job runs in a temporary copy of the repository, so unless the arguments set trainer.output_dir

@@ -5,8 +5,14 @@ as the one reference that tests (`tests/unit/test_traces.py`, checked there agai
 benchmark (`scripts/bench_trace.py`, the authors' dense formulation) and the GPU check (`scripts/device_check.py`)
 compare against. Never used on the training path.
 
-    W[b, t, k] = 1 if k = t;  w(t, k) (traces.py's styles and anchors, floored) if k < t;  0 if k > t,
-    and 0 wherever token t or k of row b is padding.
+    W[b, t, k] = 1 if k = t;  max(floor, w(t, k)) if k < t;  0 if k > t;  0 wherever token t or k is padding,
+
+with a = γλ and w(t, k) as written in the paper and the authors' code (traces.py's docstring):
+
+    anchor     recent           both                       early
+    token      a^(t−k)          max(a^(t−k), a^k)          a^k
+    sequence   a^(L−1−k)        max(a^(L−1−k), a^k)        a^k      L−1: the row's last valid token
+    horizon    a^(n−1−k)        max(a^(n−k), a^k)          a^k      n: the fixed horizon
 """
 
 from __future__ import annotations
@@ -22,25 +28,26 @@ def dense_trace_weights(
     style: str,
     anchor: str = "token",
     floor: float = 0.0,
+    horizon: int | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """W [B, T, T] in `dtype` for a [B, T] response mask (see the module docstring)."""
-    batch, horizon = mask.shape
-    idx = torch.arange(horizon, device=mask.device, dtype=dtype)
+    """W [B, T, T] in `dtype` for a [B, T] response mask (see the module docstring); `horizon` is n (None: T)."""
+    width = mask.shape[-1]
+    idx = torch.arange(width, device=mask.device, dtype=dtype)
     a = torch.tensor(gamma * lam, device=mask.device, dtype=dtype)
+    k = idx[None, None, :]
     if anchor == "token":
-        end = idx[None, :, None]  # [1, T, 1]: the lag is measured from t
+        recent = both_recent = torch.pow(a, (idx[None, :, None] - k).clamp(min=0))  # lag t − k
     elif anchor == "sequence":
-        last = (mask.long() * torch.arange(horizon, device=mask.device)).max(-1).values.to(dtype)
-        end = last[:, None, None]  # [B, 1, 1]: from the row's last valid token
+        last = (mask.long() * torch.arange(width, device=mask.device)).max(-1).values.to(dtype)[:, None, None]
+        recent = both_recent = torch.pow(a, (last - k).clamp(min=0))  # lag L−1−k
+    elif anchor == "horizon":
+        n = width if horizon is None else horizon
+        recent, both_recent = torch.pow(a, n - 1 - k), torch.pow(a, n - k)  # the authors' exponents
     else:
         raise ValueError(f"unknown trace anchor {anchor!r}")
-    lag = (end - idx[None, None, :]).clamp(min=0)
-    recent = torch.pow(a, lag)
-    early = torch.pow(a, idx)[None, None, :]
-    weights = {"recent": recent, "early": early.expand_as(recent), "both": torch.maximum(recent, early)}[
-        style
-    ]
+    early = torch.pow(a, k)
+    weights = {"recent": recent, "both": torch.maximum(both_recent, early), "early": early}[style]
     if floor > 0:
         weights = weights.clamp(min=floor)
     diagonal = idx[:, None] == idx[None, :]
@@ -54,6 +61,6 @@ def dense_lambda_trace(
     x: torch.Tensor, mask: torch.Tensor, *, dtype: torch.dtype = torch.float64, **kw
 ) -> torch.Tensor:
     """z = W x for [B, T] values x, computed in `dtype` (differentiable in x); keyword arguments as
-    `dense_trace_weights` (gamma, lam, style, anchor, floor)."""
+    `dense_trace_weights` (gamma, lam, style, anchor, floor, horizon)."""
     weights = dense_trace_weights(mask, dtype=dtype, **kw)
     return torch.bmm(weights, x.to(dtype).unsqueeze(-1)).squeeze(-1)

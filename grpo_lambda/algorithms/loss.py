@@ -43,8 +43,11 @@ def grpo_lambda_loss(
 
     logp, old_logp, ref_logp, entropy: [B, T] response-token tensors; advantages [B] (or [B, T]);
     response_mask [B, T] bool, right-padded. num_tokens / num_seqs: valid tokens / sequences of the whole
-    optimiser mini-batch over all micro-batches and ranks (None: this batch's own). Summing the returned loss
-    over micro-batches and ranks gives the mini-batch loss, so a caller must not average it again.
+    optimiser mini-batch over all micro-batches and ranks (None: this batch's own). horizon: the run's constant H
+    (model.max_response_tokens) for `seq-mean-token-sum-norm` and the `horizon` trace anchor; None falls back to
+    this batch's width T, which is right only when the batch is padded to H (the learner always passes H).
+    Summing the returned loss over micro-batches and ranks gives the mini-batch loss, so a caller must not
+    average it again.
     """
     _check_shapes(logp, old_logp, advantages, response_mask, ref_logp, entropy)
     mask = response_mask.to(torch.bool)
@@ -60,7 +63,7 @@ def grpo_lambda_loss(
     adv = advantages.detach().float()
     adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
 
-    token_loss, metrics = POLICY_LOSSES.get(cfg.policy_loss)(logp, old_logp, adv, mask, cfg)
+    token_loss, metrics = POLICY_LOSSES.get(cfg.policy_loss)(logp, old_logp, adv, mask, cfg, horizon=horizon)
     metrics["learner/pg_loss"] = masked_mean(token_loss.detach(), mask)
     metrics["learner/approx_kl"] = masked_mean((old_logp - logp).detach(), mask)
 

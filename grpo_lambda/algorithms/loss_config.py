@@ -20,8 +20,13 @@ class LossConfig:
     gamma: float = 1.0
     lam: float = 0.99  # λ; a = γλ is the trace decay
     trace_style: str = "both"  # recent: a^(t−k); both: max(a^(t−k), a^k); early: a^k
-    trace_anchor: str = "token"  # token (paper) | sequence (lag measured from the sequence's last token)
+    trace_anchor: str = (
+        "token"  # token (paper) | sequence (lag from the last token) | horizon (authors' code)
+    )
     trace_floor: float = 0.0  # floor on off-diagonal trace weights (authors' code: 1e-7)
+    eligibility_grad: bool = (
+        True  # ε-weight: the gradient flows through E (authors' code); false: E is a constant
+    )
     kl_estimator: str = "k3"  # k1 | k2 | k3
     kl_coef: float = 0.001  # β; 0 = no reference model is loaded
     entropy_coef: float = 0.0

@@ -4,9 +4,13 @@
             (dual clip, Ye et al. 2020: for Â < 0 also ℓ_t ≤ −c·Â with c > 1)
     trace   ε-trace: the same with r_t replaced by ρ_t = exp(z_t), z = lambda_trace(log π_θ − log π_old).
             Gradient flows through log π_θ of every earlier token; at θ = θ_old, ∇ℓ_t = −Â Σ_{k≤t} w(t,k) ∇log π_θ(o_k).
-    weight  ε-weight: E_t · ℓ_t^ppo with E_t = Σ_{k≤t} w(t,k)(1 + sigmoid(log π_θ(o_k) − 1)) as a weight.
+    weight  ε-weight: E_t · ℓ_t^ppo with E_t = Σ_{k≤t} w(t,k)(1 + sigmoid(log π_θ(o_k) − 1)). With
+            `eligibility_grad` (default, the authors' code) the gradient flows through E too, adding
+            ℓ_t Σ_{k≤t} w(t,k) σ′(·) ∇log π_θ(o_k): the term that sends credit to earlier tokens; without it E only
+            rescales each token's own gradient.
 
-Each returns the per-token loss [B, T] (aggregation happens later) and detached metrics.
+Each takes (logp, old_logp, adv, mask, cfg, horizon) — `horizon` is n of the `horizon` trace anchor — and returns
+the per-token loss [B, T] (aggregation happens later) and detached metrics.
 """
 
 from __future__ import annotations
@@ -54,10 +58,9 @@ def _clip_kwargs(cfg: LossConfig) -> dict:
     )
 
 
-def _trace_kwargs(cfg: LossConfig) -> dict:
-    return dict(
-        gamma=cfg.gamma, lam=cfg.lam, style=cfg.trace_style, anchor=cfg.trace_anchor, floor=cfg.trace_floor
-    )
+def _trace_kwargs(cfg: LossConfig, horizon: int | None) -> dict:
+    return dict(gamma=cfg.gamma, lam=cfg.lam, style=cfg.trace_style, anchor=cfg.trace_anchor, floor=cfg.trace_floor,
+                horizon=horizon)  # fmt: skip
 
 
 def _masked_log_ratio(logp, old_logp, mask):
@@ -75,7 +78,7 @@ def _ratio_metrics(prefix: str, ratio, is_clipped, mask) -> dict[str, torch.Tens
 
 
 @POLICY_LOSSES.register("ppo")
-def ppo_loss(logp, old_logp, adv, mask, cfg: LossConfig):
+def ppo_loss(logp, old_logp, adv, mask, cfg: LossConfig, horizon: int | None = None):
     """GRPO's clipped surrogate (asymmetric clip, optional dual clip)."""
     log_ratio = _masked_log_ratio(logp, old_logp, mask)
     loss, ratio, is_clipped = clipped_surrogate(log_ratio, adv, **_clip_kwargs(cfg))
@@ -84,10 +87,10 @@ def ppo_loss(logp, old_logp, adv, mask, cfg: LossConfig):
 
 
 @POLICY_LOSSES.register("trace")
-def trace_loss(logp, old_logp, adv, mask, cfg: LossConfig):
+def trace_loss(logp, old_logp, adv, mask, cfg: LossConfig, horizon: int | None = None):
     """ε-trace: the clipped surrogate on ρ_t = exp(z_t), z = lambda_trace(log π_θ − log π_old)."""
     log_ratio = _masked_log_ratio(logp, old_logp, mask)
-    z = lambda_trace(log_ratio, mask, **_trace_kwargs(cfg))
+    z = lambda_trace(log_ratio, mask, **_trace_kwargs(cfg, horizon))
     loss, rho, is_clipped = clipped_surrogate(z, adv, **_clip_kwargs(cfg))
     metrics = _ratio_metrics("learner", log_ratio.exp(), is_clipped, mask)
     metrics.update(_ratio_metrics("trace", rho, is_clipped, mask))
@@ -96,9 +99,9 @@ def trace_loss(logp, old_logp, adv, mask, cfg: LossConfig):
 
 
 @POLICY_LOSSES.register("weight")
-def weight_loss(logp, old_logp, adv, mask, cfg: LossConfig):
-    """ε-weight: the ordinary clipped loss weighted by the eligibility E_t (no gradient through E)."""
+def weight_loss(logp, old_logp, adv, mask, cfg: LossConfig, horizon: int | None = None):
+    """ε-weight: the ordinary clipped loss times the eligibility E_t (differentiable with cfg.eligibility_grad)."""
     loss, metrics = ppo_loss(logp, old_logp, adv, mask, cfg)
-    weight = eligibility_weight(logp, mask, **_trace_kwargs(cfg))
-    metrics["trace/weight_mean"] = masked_mean(weight, mask)
+    weight = eligibility_weight(logp, mask, grad=cfg.eligibility_grad, **_trace_kwargs(cfg, horizon))
+    metrics["trace/weight_mean"] = masked_mean(weight.detach(), mask)
     return weight * loss, metrics

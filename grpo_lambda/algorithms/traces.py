@@ -10,12 +10,20 @@ with, for k < t (token anchor, the paper's definition):
     both     w = max(a^(t−k), a^k)       (recent tokens and the start of the response)
     early    w = a^k
 
-The sequence anchor (the authors' veRL code) replaces t by the sequence's last valid index L−1 in the lag:
-recent a^(L−1−k), both max(a^(L−1−k), a^k), early a^k. Off-diagonal weights are floored at ``floor``
-(authors' code: 1e-7): w ← max(w, floor).
+The other anchors measure the lag from a fixed end instead of t, so the weights depend on the key k only:
+
+    sequence  the sequence's last valid index L−1:  recent a^(L−1−k),  both max(a^(L−1−k), a^k),  early a^k
+              (the authors' per-sequence branch, `use_batch_max_for_trace=False`)
+    horizon   a fixed horizon n (the run's max response tokens, veRL's padded response width):
+              recent a^(n−1−k),  both max(a^(n−k), a^k),  early a^k
+              (the authors' default code path, `use_batch_max_for_trace=True`; with n ≫ the response length
+              `recent` sits at the floor, ≈ GRPO, and `both` behaves like `early`)
+
+Off-diagonal weights are floored at ``floor`` (authors' code: 1e-7): w ← max(w, floor).
 
 Cost is O(B·T) memory and never a T×T matrix:
-- sequence anchor: w(t, k) depends on k only, so z = x + exclusive-prefix-sum(v ⊙ x), v_k = max(w_k, floor).
+- sequence and horizon anchors: w(t, k) depends on k only, so z = x + exclusive-prefix-sum(v ⊙ x),
+  v_k = max(w_k, floor).
 - token `early`: the same with v_k = max(a^k, floor).
 - token `recent`: the discounted prefix sum r_t = Σ_{k≤t} a^(t−k) x_k (a linear recurrence, computed as a
   chunked matmul: a C×C Toeplitz block inside chunks, plus a second, tiny level across chunk ends).
@@ -32,11 +40,18 @@ import math
 import torch
 
 TRACE_STYLES = ("recent", "both", "early")
-TRACE_ANCHORS = ("token", "sequence")
+TRACE_ANCHORS = ("token", "sequence", "horizon")
 
 
 def _check_args(
-    x: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float, style: str, anchor: str, floor: float
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    style: str,
+    anchor: str,
+    floor: float,
+    horizon: int | None = None,
 ):
     if style not in TRACE_STYLES:
         raise ValueError(f"unknown trace style {style!r}; choose one of {list(TRACE_STYLES)}")
@@ -54,6 +69,10 @@ def _check_args(
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match x shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    if horizon is not None and horizon < x.shape[-1]:
+        raise ValueError(
+            f"horizon={horizon} is shorter than the {x.shape[-1]} response positions it must cover"
+        )
 
 
 def _shift_right(y: torch.Tensor, d: int) -> torch.Tensor:
@@ -170,35 +189,45 @@ def lambda_trace(
     style: str = "recent",
     anchor: str = "token",
     floor: float = 0.0,
+    horizon: int | None = None,
 ) -> torch.Tensor:
     """z[b, t] = Σ_{k≤t, mask[b,k]} w(t, k) · x[b, k] where mask[b, t], else 0 (see the module docstring for w).
 
     x: [B, T] float; mask: [B, T] bool or 0/1, right-padded. Returns z with x's shape and dtype, accumulated
     in fp32 (bf16/fp16 inputs are upcast). Differentiable through x; O(B·T) memory; padding never leaks.
+    horizon: n of the `horizon` anchor (>= T; None: T, the padded width), ignored by the other anchors.
     """
-    _check_args(x, mask, gamma, lam, style, anchor, floor)
+    _check_args(x, mask, gamma, lam, style, anchor, floor, horizon)
     valid = mask.to(torch.bool)
     xf = torch.where(valid, x.to(torch.float32), torch.zeros((), dtype=torch.float32, device=x.device))
     a = float(gamma) * float(lam)
-    horizon = x.shape[-1]
 
     if anchor == "token" and style == "recent":
         z = _token_recent(xf, a, floor)
     elif anchor == "token" and style == "both":
         z = _token_both(xf, a, floor)
-    else:  # weights that depend on the key k only: token/early and every sequence-anchored style
-        k = torch.arange(horizon, device=x.device)
-        early = _powers(a, k).expand_as(xf)
-        if style == "early":
-            v = early
-        else:
-            lag_to_end = (_last_valid_index(valid)[:, None] - k).clamp(min=0)
-            recent = _powers(a, lag_to_end)
-            v = recent if style == "recent" else torch.maximum(recent, early)
-        if floor > 0.0:
-            v = v.clamp(min=floor)
-        z = _per_key_trace(xf, v)
+    else:  # weights that depend on the key k only: token/early and every sequence- or horizon-anchored style
+        z = _per_key_trace(xf, _key_weights(valid, a, style, anchor, floor, horizon))
     return torch.where(valid, z, torch.zeros((), dtype=z.dtype, device=z.device)).to(x.dtype)
+
+
+def _key_weights(
+    valid: torch.Tensor, a: float, style: str, anchor: str, floor: float, horizon: int | None
+) -> torch.Tensor:
+    """v[b, k]: the weight of key k for every later token t (anchors whose lag does not depend on t)."""
+    k = torch.arange(valid.shape[-1], device=valid.device)
+    early = _powers(a, k).expand(valid.shape)
+    if style == "early":
+        v = early
+    elif anchor == "horizon":
+        n = valid.shape[-1] if horizon is None else horizon
+        # the authors' exponents, kept exactly: n−1−k for `recent`, n−k for the recent side of `both`
+        recent = _powers(a, (n - 1 - k) if style == "recent" else (n - k)).expand(valid.shape)
+        v = recent if style == "recent" else torch.maximum(recent, early)
+    else:  # token/early was handled above; sequence: lag to the row's last valid token
+        recent = _powers(a, (_last_valid_index(valid)[:, None] - k).clamp(min=0))
+        v = recent if style == "recent" else torch.maximum(recent, early)
+    return v.clamp(min=floor) if floor > 0.0 else v
 
 
 def eligibility_weight(
@@ -210,7 +239,15 @@ def eligibility_weight(
     style: str = "recent",
     anchor: str = "token",
     floor: float = 0.0,
+    horizon: int | None = None,
+    grad: bool = True,
 ) -> torch.Tensor:
-    """ε-weight eligibility E_t = Σ_{k≤t} w(t, k) · (1 + sigmoid(log π_θ(o_k) − 1)), as a weight (no gradient)."""
-    per_token = 1.0 + torch.sigmoid(logp.detach().to(torch.float32) - 1.0)
-    return lambda_trace(per_token, mask, gamma=gamma, lam=lam, style=style, anchor=anchor, floor=floor)
+    """ε-weight eligibility E_t = Σ_{k≤t} w(t, k) · (1 + sigmoid(log π_θ(o_k) − 1)).
+
+    grad=True (the authors' form): differentiable in logp, so a loss E_t·ℓ_t also sends
+    ℓ_t Σ_{k≤t} w(t,k) σ′(log π_θ(o_k) − 1) ∇log π_θ(o_k) to the earlier tokens; grad=False: a constant weight."""
+    lp = logp.to(torch.float32)
+    per_token = 1.0 + torch.sigmoid((lp if grad else lp.detach()) - 1.0)
+    return lambda_trace(
+        per_token, mask, gamma=gamma, lam=lam, style=style, anchor=anchor, floor=floor, horizon=horizon
+    )

@@ -177,6 +177,9 @@ class RewardConfig:
     num_workers: int = 2
     timeout_s: float = 5.0  # hard limit per check (subprocess)
     format_weight: float = 0.0  # reward += format_weight * format_ok
+    math_fallback: str = (
+        "none"  # math verifier, no \boxed{}: none = unparsable (the authors' grading) | last_number
+    )
 
 
 @dataclass

@@ -304,9 +304,10 @@ def _data(c: _Checker, d: DataConfig, check_files: bool) -> None:
 
 
 def _reward(c: _Checker, r: RewardConfig) -> None:
-    from grpo_lambda.rewards.verifiers import VERIFIERS
+    from grpo_lambda.rewards.verifiers import MATH_FALLBACKS, VERIFIERS
 
     names = sorted(VERIFIERS)
+    c.choice("reward.math_fallback", r.math_fallback, MATH_FALLBACKS)
     c.choice("reward.verifier", r.verifier, names)
     for name, verifier in r.verifier_by_dataset.items():
         c.choice(f"reward.verifier_by_dataset.{name}", verifier, names)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-# How ranks combine (reduce_rank_metrics): summed, global (every rank has the value: take rank 0's), or maximum.
+# How ranks combine (reduce_rank_metrics): summed, global (every rank has the value: take rank 0's); keys ending in
+# `_max` (and timings) take the maximum; everything else is a token-weighted mean.
 SUMMED_METRICS = ("learner/loss", "learner/num_tokens")
 GLOBAL_METRICS = ("learner/grad_norm", "learner/lr", "learner/num_updates", "learner/updates_total")
-MAX_METRICS = ("rollout/logp_abs_diff_max",)
 
 
 class TokenWeighted:
@@ -33,7 +33,8 @@ class TokenWeighted:
 
 def reduce_rank_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
     """Combine the ranks' train_step metrics: loss shares and token counts are summed; global values (grad norm,
-    lr) are taken from rank 0; timings are the slowest rank's; every other metric is a token-weighted mean."""
+    lr) are taken from rank 0; timings and maxima (`*_max`) are the largest rank's; every other metric is a
+    token-weighted mean."""
     if not per_rank:
         return {}
     tokens = [m.get("learner/num_tokens", 1.0) for m in per_rank]
@@ -45,7 +46,7 @@ def reduce_rank_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float
             out[key] = sum(values)
         elif key in GLOBAL_METRICS:
             out[key] = values[0]
-        elif key.startswith("time/") or key.endswith("_s") or key in MAX_METRICS:
+        elif key.startswith("time/") or key.endswith(("_s", "_max")):
             out[key] = max(values)
         else:
             out[key] = sum(v * n for v, n in zip(values, tokens)) / total

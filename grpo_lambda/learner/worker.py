@@ -236,6 +236,7 @@ class LearnerWorker:
             entropy=entropy,
             num_tokens=count.num_tokens,
             num_seqs=count.num_seqs,
+            horizon=self.cfg.model.max_response_tokens,  # one H for every (compacted) micro-batch
         )
         return loss, metrics, logp
 

@@ -28,6 +28,9 @@ class VerifyRequest:
     correct: float = 1.0
     wrong: float = 0.0
     format_weight: float = 0.0
+    math_fallback: str = (
+        "none"  # the math verifier, for a response without \boxed{}: none (unparsable) | last_number
+    )
 
 
 @dataclass(frozen=True)

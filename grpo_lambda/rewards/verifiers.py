@@ -1,7 +1,8 @@
 """Verifiers: pure functions ``verify(response, answer) -> (reward, outcome)`` and their string registry.
 
-``verify_math``: extract the final answer (last ``\\boxed{}``, else "the answer is ...", else the last number),
-clean it and reject unsafe strings (``equivalence.prepare_answer``), decide exact forms on a fast path
+``verify_math``: extract the final answer (the last ``\\boxed{}``, as the GRPO-λ authors grade; with
+``fallback="last_number"`` also "the answer is ...", else the last number, for an unboxed response), clean it
+and reject unsafe strings (``equivalence.prepare_answer``), decide exact forms on a fast path
 (normal-form string equality, base-b numerals, exact or relative-tolerance number equality) and only then ask
 math-verify (``equivalence.equivalent``: fractions, LaTeX, sets, intervals, tuples, equations, text answers).
 ``verify_gsm8k``: exact numeric equality. ``format_reward``: a closed, non-empty ``\\boxed{}``.
@@ -50,19 +51,22 @@ __all__ = [
     "verify_math",
 ]
 
-Verifier = Callable[[object, str], tuple[float, str]]
+Verifier = Callable[..., tuple[float, str]]
+MATH_FALLBACKS = ("none", "last_number")  # the math verifier's answer for a response without \boxed{}
 _ASSIGNMENT_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*([^=]+)")
 
 
-def extract_math_answer(response: str) -> str | None:
-    """The final answer of a MATH-style response: the last ``\\boxed{}``; without any box, the text after
-    "answer is" / "Answer:", else the last number. A last box that is empty or never closes (cut off
-    mid-answer) means no answer: no fallback is tried."""
+def extract_math_answer(response: str, fallback: str = "none") -> str | None:
+    """The final answer of a MATH-style response: the last ``\\boxed{}``. Without any box: none (the authors'
+    grading), or with ``fallback="last_number"`` the text after "answer is" / "Answer:", else the last number.
+    A last box that is empty or never closes (cut off mid-answer) means no answer: no fallback is tried."""
+    if fallback not in MATH_FALLBACKS:
+        raise ValueError(f"math fallback {fallback!r} is not one of {', '.join(MATH_FALLBACKS)}")
     text = response_tail(response)
     boxed = last_boxed(text)
     if boxed is not None or "\\boxed" in text or "\\fbox" in text:
         return boxed.strip() or None if boxed is not None else None
-    return answer_phrase(text) or last_number(text)
+    return (answer_phrase(text) or last_number(text)) if fallback == "last_number" else None
 
 
 def _extract_prepared(response: object, extract) -> tuple[str, str] | None:
@@ -77,10 +81,12 @@ def _extract_prepared(response: object, extract) -> tuple[str, str] | None:
         return None
 
 
-def verify_math(response: object, answer: str) -> tuple[float, str]:
-    """Grade a MATH-style response against a gold answer: ``(1.0, "correct")`` or ``(0.0, outcome)``."""
+def verify_math(response: object, answer: str, fallback: str = "none") -> tuple[float, str]:
+    """Grade a MATH-style response against a gold answer: ``(1.0, "correct")`` or ``(0.0, outcome)``.
+
+    An unboxed response is ``unparsable`` unless ``fallback="last_number"`` (see ``extract_math_answer``)."""
     gold = prepare_gold(answer)
-    found = _extract_prepared(response, extract_math_answer)
+    found = _extract_prepared(response, lambda text: extract_math_answer(text, fallback))
     if found is None or not found[1]:
         return 0.0, UNPARSABLE
     extracted, pred = found
@@ -179,7 +185,9 @@ def check(request: VerifyRequest) -> VerifyResult:
     """
     start = time.perf_counter()
     try:
-        score, outcome = get_verifier(request.verifier)(request.response, request.answer)
+        verifier = get_verifier(request.verifier)
+        options = {"fallback": request.math_fallback} if verifier is verify_math else {}
+        score, outcome = verifier(request.response, request.answer, **options)
         reward = request.wrong + (request.correct - request.wrong) * score
         if request.format_weight:
             reward += request.format_weight * format_reward(request.response)

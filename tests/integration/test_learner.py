@@ -22,6 +22,7 @@ from grpo_lambda.learner.model import load_causal_lm, response_logp
 
 pytestmark = pytest.mark.integration
 LR = 1.0  # SGD step: parameter change / LR is exactly the gradient
+H = 16  # model.max_response_tokens: the run's constant horizon (the responses of make_batch have 1-12 tokens)
 
 
 # Fixtures from tests/conftest.py: `tiny_model_dir` (random 2-layer Llama, untied), `tiny_tied_model_dir` (tied
@@ -30,7 +31,7 @@ LR = 1.0  # SGD step: parameter change / LR is exactly the gradient
 
 def run_config(model_dir, dtype: str, loss: AlgorithmConfig, **learner) -> Config:
     """The parts of a run config the learner reads: model, learner (2 ranks unless given) and the loss."""
-    return Config(model=ModelConfig(path=str(model_dir), dtype=dtype), algorithm=loss,
+    return Config(model=ModelConfig(path=str(model_dir), dtype=dtype, max_response_tokens=H), algorithm=loss,
                   learner=LearnerConfig(**{"world_size": 2, **learner}))  # fmt: skip
 
 
@@ -60,7 +61,13 @@ def reference_step(model_dir, batch, loss_cfg):
     model = load_causal_lm(model_dir, dtype="float32")
     logp, _ = response_logp(model, batch)
     loss, _ = grpo_lambda_loss(
-        logp, logp.detach(), batch.advantages, batch.response_mask, loss_cfg, ref_logp=batch.ref_logp
+        logp,
+        logp.detach(),
+        batch.advantages,
+        batch.response_mask,
+        loss_cfg,
+        ref_logp=batch.ref_logp,
+        horizon=H,
     )
     loss.backward()
     named = dict(model.named_parameters(remove_duplicate=False))
@@ -81,27 +88,27 @@ def assert_sgd_step_matches(before, after, ref_weights, ref_grads):
         )
 
 
-# ZeRO stage -> loss aggregation exercised with it (token and sequence normalisers both go through the ranks).
+# ZeRO stage -> the loss exercised with it (token, sequence and horizon normalisers all go through the ranks).
+# seq-mean-token-sum-norm divides by the run's constant H and the horizon anchor measures lags from H: every
+# (compacted, narrower) micro-batch must use that same H, not its own width.
 INVARIANCE_CASES = [
-    (0, "token-mean"),
-    (1, "seq-mean-token-mean"),
-    (2, "token-mean"),
-    (3, "seq-mean-token-sum"),
+    (0, dict(loss_agg="token-mean")),
+    (1, dict(loss_agg="seq-mean-token-mean")),
+    (2, dict(loss_agg="seq-mean-token-sum-norm")),
+    (3, dict(loss_agg="seq-mean-token-sum", trace_anchor="horizon", trace_floor=1e-7, trace_style="recent")),
 ]
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("stage, loss_agg", INVARIANCE_CASES)
-def test_two_ranks_two_micro_batches_equal_the_full_batch_gradient(
-    ray_local, tiny_model_dir, stage, loss_agg
-):
+@pytest.mark.parametrize("stage, loss", INVARIANCE_CASES)
+def test_two_ranks_two_micro_batches_equal_the_full_batch_gradient(ray_local, tiny_model_dir, stage, loss):
     import ray
 
     from grpo_lambda.learner.group import LearnerGroup
 
     model_dir = str(tiny_model_dir)
 
-    loss_cfg = AlgorithmConfig(kl_coef=0.1, loss_agg=loss_agg)
+    loss_cfg = AlgorithmConfig(kl_coef=0.1, **loss)
     batch = with_ref_logp(make_batch(8), model_dir)
     ref_weights, ref_grads, ref_norm, ref_loss = reference_step(model_dir, batch, loss_cfg)
 

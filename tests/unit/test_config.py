@@ -21,7 +21,15 @@ from grpo_lambda.config import (
 
 GROUPS = ["algorithm", "model", "rollout", "learner", "data", "reward", "cluster", "logger", "experiment"]
 # Options that need a user-provided model folder (no hub here) get a stand-in path.
-NEEDS_MODEL_PATH = {"qwen2.5_1.5b_instruct", "r1_distill_qwen_1.5b", "r1_distill_qwen_7b", "paper_qwen1.5b"}
+PAPER_PRESETS = {  # name -> (model group, training file, response tokens, prompts per step)
+    "paper_qwen1.5b_gsm8k": ("qwen2.5-1.5b-instruct", "gsm8k_train.jsonl", 256, 8),
+    "paper_qwen1.5b_math12k": ("qwen2.5-1.5b-instruct", "math_train_12k.jsonl", 256, 64),
+    "paper_r1distill1.5b_gsm8k": ("deepseek-r1-distill-qwen-1.5b", "gsm8k_train.jsonl", 256, 8),
+    "paper_r1distill1.5b_math12k": ("deepseek-r1-distill-qwen-1.5b", "math_train_12k.jsonl", 256, 64),
+    "paper_r1distill7b_math12k": ("deepseek-r1-distill-qwen-7b", "math_train_12k.jsonl", 768, 64),
+    "paper_authors_code": ("qwen2.5-1.5b-instruct", "math_train_12k.jsonl", 3072, 64),
+}
+NEEDS_MODEL_PATH = {"qwen2.5_1.5b_instruct", "r1_distill_qwen_1.5b", "r1_distill_qwen_7b", *PAPER_PRESETS}
 NO_EVAL = ["data.eval_files=[]", "trainer.eval_every_steps=0", "trainer.eval_before_train=false"]
 HAVE_DATA = default_data_dir().joinpath("math_train.jsonl").is_file()
 
@@ -94,7 +102,7 @@ def test_data_files_exist_for_data_options(data):
 
 def test_model_path_required_for_local_models():
     with pytest.raises(ConfigError, match=r"model\.path is required.*model\.path="):
-        load_config(["experiment=paper_qwen1.5b"])
+        load_config(["experiment=paper_qwen1.5b_math12k"])
 
 
 @pytest.mark.parametrize(
@@ -378,3 +386,70 @@ def test_one_learner_config_and_the_loss_reads_the_algorithm_section():
     assert isinstance(cfg.algorithm, LossConfig)
     assert config_pkg.LearnerConfig is type(cfg.learner)
     assert not hasattr(__import__("grpo_lambda.learner", fromlist=["x"]), "LearnerConfig")
+
+
+# ------------------------------------------------- the paper presets (the authors' launch scripts)
+PAPER_BENCHMARKS = {
+    "aime24.jsonl",
+    "math500.jsonl",
+    "olympiadbench.jsonl",
+    "minerva_math.jsonl",
+    "amc23.jsonl",
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_PRESETS))
+@pytest.mark.parametrize("algorithm", ["grpo_lambda", "grpo"])
+def test_paper_presets_match_the_authors_runs(preset, algorithm):
+    """Every paper preset, and its GRPO twin: the values of the authors' scripts (docs/algorithm.md)."""
+    model, train_file, response_tokens, prompts = PAPER_PRESETS[preset]
+    cfg = load_config(
+        [f"experiment={preset}", f"algorithm={algorithm}", "model.path=/models/stand-in"], check_files=False
+    )
+    assert (cfg.model.name, cfg.data.train_files, cfg.model.max_response_tokens) == (
+        model,
+        [train_file],
+        response_tokens,
+    )
+    assert cfg.data.prompts_per_step == prompts and cfg.rollout.samples_per_prompt == 8
+    assert (
+        cfg.learner.mini_batch_samples == cfg.samples_per_step and cfg.learner.epochs_per_batch == 1
+    )  # one update
+    assert (cfg.model.lora.rank, cfg.model.lora.alpha) == (64, 32.0)
+    assert set(cfg.model.lora.target_modules) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    assert (cfg.learner.lr, cfg.learner.lr_schedule, cfg.learner.grad_clip) == (3e-6, "constant", 1.0)
+    assert cfg.rollout.temperature == 1.0 and cfg.model.max_prompt_tokens == 512
+    assert cfg.data.prompt_template == "qwen_math"
+    assert PAPER_BENCHMARKS <= set(cfg.data.eval_files)
+    assert (cfg.eval.samples_per_prompt, cfg.eval.temperature) == (1, 0.0)  # greedy validation
+    assert cfg.reward.math_fallback == "none"  # only a \\boxed{} answer counts, as the authors grade
+    a = cfg.algorithm
+    assert (a.kl_estimator, a.kl_coef, a.clip_eps_low, a.clip_eps_high, a.gamma) == (
+        "k3",
+        0.001,
+        0.2,
+        0.2,
+        1.0,
+    )
+    assert cfg.trainer.run_name == f"{preset}_{algorithm}"
+    if algorithm == "grpo":
+        assert (a.policy_loss, a.lam) == ("ppo", 0.0)
+        return
+    assert (a.policy_loss, a.lam, a.trace_style, a.neg_adv_clamp) == ("trace", 0.99, "both", -0.1)
+    if preset == "paper_authors_code":
+        assert (a.trace_anchor, a.trace_floor) == ("horizon", 1e-7)
+    else:
+        assert (a.trace_anchor, a.trace_floor) == ("token", 0.0)
+
+
+def test_the_old_paper_preset_is_gone():
+    with pytest.raises(ConfigError, match="no config 'experiment/paper_qwen1.5b'"):
+        load_config(["experiment=paper_qwen1.5b"])

@@ -84,6 +84,7 @@ def test_reduce_rank_metrics():
         "learner/grad_norm": 2.0,
         "learner/lr": 1e-6,
         "learner/update_s": 1.0,
+        "trace/ratio_max": 1.5,
     }
     r1 = {
         "learner/loss": 0.5,
@@ -92,13 +93,14 @@ def test_reduce_rank_metrics():
         "learner/grad_norm": 2.0,
         "learner/lr": 1e-6,
         "learner/update_s": 3.0,
+        "trace/ratio_max": 1.2,
     }
     out = reduce_rank_metrics([r0, r1])
     assert out["learner/loss"] == 0.75  # shares add up to the mini-batch loss
     assert out["learner/num_tokens"] == 40.0
     assert out["learner/kl"] == pytest.approx((0.1 * 30 + 0.5 * 10) / 40)  # token-weighted
     assert out["learner/grad_norm"] == 2.0 and out["learner/lr"] == 1e-6
-    assert out["learner/update_s"] == 3.0
+    assert out["learner/update_s"] == 3.0 and out["trace/ratio_max"] == 1.5  # a maximum stays a maximum
     assert reduce_rank_metrics([]) == {}
 
 

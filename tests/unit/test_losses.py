@@ -107,7 +107,7 @@ def test_lambda_zero_recent_trace_is_grpo_exactly():
 
 
 @pytest.mark.parametrize("style", ["recent", "both", "early"])
-@pytest.mark.parametrize("anchor", ["token", "sequence"])
+@pytest.mark.parametrize("anchor", ["token", "sequence", "horizon"])
 def test_trace_gradient_at_theta_old_is_eligibility_trace(style, anchor):
     """At θ = θ_old: ∇ loss = −(1/N) Σ_{b,t} Â_b Σ_{k≤t} w(t,k) ∇log π_θ(o_k), through a real parameterisation."""
     gen = torch.Generator().manual_seed(9)
@@ -154,6 +154,43 @@ def test_weight_loss_is_eligibility_times_ppo():
                 )
     assert loss.item() == pytest.approx(total / mask.shape[0], rel=1e-5)
     assert metrics["trace/weight_mean"].item() > 1
+
+
+def dense_weight_loss(logp, old, adv, mask, style, anchor, floor, horizon, eligibility_grad, eps=0.2):
+    """The ε-weight loss in float64 straight from the authors' formulas: per token
+    E_t · max(−Â r_t, −Â clip(r_t, 1−ε, 1+ε)), E_t = Σ_k w(t,k)(1 + σ(log π_θ(o_k) − 1)), E differentiable unless
+    `eligibility_grad` is off; summed over valid tokens and divided by the token count (token-mean)."""
+    w = ref_matrix(mask, 0.9, style, anchor, floor, horizon)
+    lp_e = logp if eligibility_grad else logp.detach()
+    e = torch.einsum("btk,bk->bt", w, 1 + torch.sigmoid(lp_e - 1))
+    ratio = torch.exp(logp - old)
+    a = adv[:, None]
+    ppo = torch.maximum(-a * ratio, -a * ratio.clamp(1 - eps, 1 + eps))
+    return torch.where(mask, e * ppo, torch.zeros((), dtype=logp.dtype)).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("eligibility_grad", [True, False])
+@pytest.mark.parametrize(
+    "style, anchor", [("recent", "token"), ("both", "token"), ("both", "horizon"), ("recent", "sequence")]
+)
+def test_weight_loss_gradient_through_the_eligibility(eligibility_grad, style, anchor):
+    """ε-weight against its dense float64 form, values and gradients: with `eligibility_grad` (the default, the
+    authors' code) the gradient has the extra term Σ_k w(t,k) σ′ ∇log π(o_k) that reaches earlier tokens."""
+    logp, old, _, adv, mask = make_batch(11, horizon=29)
+    cfg = LossConfig(policy_loss="weight", lam=0.9, trace_style=style, trace_anchor=anchor, trace_floor=1e-7,
+                     kl_coef=0.0, eligibility_grad=eligibility_grad)  # fmt: skip
+    loss, _ = grpo_lambda_loss(logp, old, adv, mask, cfg, horizon=40)
+    (grad,) = torch.autograd.grad(loss, logp)
+    lp64 = logp.detach().double().requires_grad_()
+    ref = dense_weight_loss(lp64, old.double(), adv.double(), mask, style, anchor, 1e-7, 40, eligibility_grad)
+    (grad_ref,) = torch.autograd.grad(ref, lp64)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(grad.double(), grad_ref, rtol=1e-4, atol=1e-7)
+    other = dense_weight_loss(
+        lp64, old.double(), adv.double(), mask, style, anchor, 1e-7, 40, not eligibility_grad
+    )
+    (grad_other,) = torch.autograd.grad(other, lp64)
+    assert (grad_other - grad_ref).abs().max() > 1e-3  # the two forms really differ
 
 
 @pytest.mark.parametrize("policy_loss", ["ppo", "trace", "weight"])

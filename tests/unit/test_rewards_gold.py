@@ -122,7 +122,13 @@ def cases_for(path: Path) -> list[tuple[str, str, str, VerifyRequest, str]]:
             wrong = {"perturbed": f"Thus \\boxed{{{perturbed}}}."}
         expected_wrong = "error" if gold in UNPARSABLE_GOLDS else "wrong"
         for form, response in correct.items():
-            cases.append((path.name, row["id"], form, VerifyRequest(response, gold, verifier), "correct"))
+            unboxed = form == "phrase" and verifier == "math"  # read only with the explicit fallback
+            fallback = "last_number" if unboxed else "none"
+            cases.append((path.name, row["id"], form, VerifyRequest(response, gold, verifier, math_fallback=fallback),
+                          "correct"))  # fmt: skip
+            if unboxed:  # by default (the authors' grading) an unboxed answer earns nothing
+                cases.append((path.name, row["id"], "phrase-strict", VerifyRequest(response, gold, verifier),
+                              "unparsable"))  # fmt: skip
         if gold not in ACCEPTED_PERTURBATIONS:
             for form, response in wrong.items():
                 cases.append(

@@ -86,25 +86,37 @@ def test_math_different_answers_are_wrong(pred, gold):
 
 
 @pytest.mark.parametrize(
-    "response, expected",
+    "response, strict, with_fallback",
     [
-        (r"Reasoning \boxed{1} ... on second thought \boxed{\frac{1}{2}}", "correct"),  # last box wins
-        (r"\boxed{\frac{1}{2}} ... no wait, \boxed{1}", "wrong"),
-        ("So the final answer is $\\frac{1}{2}$.", "correct"),  # no box: "answer is"
-        ("Half of it: 0.5", "correct"),  # no box, no phrase: last number
-        ("I do not know.", "unparsable"),
-        ("", "unparsable"),
-        (None, "unparsable"),
-        (12, "unparsable"),
-        (r"\boxed{}", "unparsable"),
-        (r"\boxed{\frac{1}{", "unparsable"),  # truncated: box never closes, nothing else to read
-        (r"\boxed{)(}", "unparsable"),
+        (
+            r"Reasoning \boxed{1} ... on second thought \boxed{\frac{1}{2}}",
+            "correct",
+            "correct",
+        ),  # last box wins
+        (r"\boxed{\frac{1}{2}} ... no wait, \boxed{1}", "wrong", "wrong"),
+        ("So the final answer is $\\frac{1}{2}$.", "unparsable", "correct"),  # no box: "answer is" (fallback)
+        ("Half of it: 0.5", "unparsable", "correct"),  # no box, no phrase: the last number (fallback)
+        ("I do not know.", "unparsable", "unparsable"),
+        ("", "unparsable", "unparsable"),
+        (None, "unparsable", "unparsable"),
+        (12, "unparsable", "unparsable"),
+        (r"\boxed{}", "unparsable", "unparsable"),
+        (
+            r"\boxed{\frac{1}{",
+            "unparsable",
+            "unparsable",
+        ),  # truncated: box never closes, nothing else to read
+        (r"\boxed{)(}", "unparsable", "unparsable"),
     ],
 )
-def test_math_extraction_and_outcomes(response, expected):
-    reward, outcome = verify_math(response, r"\frac{1}{2}")
-    assert outcome == expected
-    assert reward == (1.0 if expected == "correct" else 0.0)
+def test_math_extraction_and_outcomes(response, strict, with_fallback):
+    """Only a boxed answer counts by default (the authors' grading); fallback="last_number" also reads an unboxed
+    response's "answer is ..." or last number."""
+    for fallback, expected in (("none", strict), ("last_number", with_fallback)):
+        reward, outcome = verify_math(response, r"\frac{1}{2}", fallback=fallback)
+        assert outcome == expected, fallback
+        assert reward == (1.0 if expected == "correct" else 0.0)
+    assert verify_math(response, r"\frac{1}{2}") == verify_math(response, r"\frac{1}{2}", fallback="none")
 
 
 @pytest.mark.parametrize(
@@ -146,7 +158,19 @@ def test_check_applies_the_reward_values():
     wrong_but_formatted = check(request(r"\boxed{7}"))
     assert (wrong_but_formatted.reward, wrong_but_formatted.outcome) == (-0.5, "wrong")
     unformatted = check(request("the answer is 7"))
-    assert (unformatted.reward, unformatted.outcome) == (-1.0, "wrong")
+    assert (unformatted.reward, unformatted.outcome) == (
+        -1.0,
+        "unparsable",
+    )  # no box: unparsable, reward = wrong
+    lenient = check(
+        VerifyRequest("the answer is 7", r"\frac12", math_fallback="last_number", correct=2.0, wrong=-1.0)
+    )
+    assert (lenient.reward, lenient.outcome) == (-1.0, "wrong")
+    assert check(VerifyRequest("so 7", "7", math_fallback="last_number")).outcome == "correct"
+    assert check(VerifyRequest("so 7", "7")).outcome == "unparsable"
+    assert (
+        check(VerifyRequest("so 7", "7", verifier="gsm8k")).outcome == "correct"
+    )  # GSM8K keeps its own rule
     assert good.latency_s >= 0.0
 
 

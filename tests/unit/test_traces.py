@@ -12,20 +12,25 @@ from grpo_lambda.algorithms import discounted_cumsum, eligibility_weight, lambda
 from grpo_lambda.algorithms.dense_reference import dense_trace_weights
 
 STYLES = ["recent", "both", "early"]
-ANCHORS = ["token", "sequence"]
+ANCHORS = ["token", "sequence", "horizon"]
 
 
-def ref_weight(t: int, k: int, last: int, a: float, style: str, anchor: str, floor: float) -> float:
-    """w(t, k) straight from the definition."""
+def ref_weight(t: int, k: int, last: int, a: float, style: str, anchor: str, floor: float, n: int) -> float:
+    """w(t, k) straight from the definition (the paper's token anchor, the authors' sequence and horizon ones)."""
     if k == t:
         return 1.0
-    end = t if anchor == "token" else last
-    recent, early = a ** (end - k), a**k
-    w = {"recent": recent, "early": early, "both": max(recent, early)}[style]
+    if anchor == "horizon":  # the authors' default code path: n − 1 − k for recent, n − k inside both
+        recent, recent_in_both = a ** (n - 1 - k), a ** (n - k)
+    else:
+        recent = recent_in_both = a ** ((t if anchor == "token" else last) - k)
+    early = a**k
+    w = {"recent": recent, "early": early, "both": max(recent_in_both, early)}[style]
     return max(w, floor)
 
 
-def loop_matrix(mask: torch.Tensor, a: float, style: str, anchor: str, floor: float) -> torch.Tensor:
+def loop_matrix(
+    mask: torch.Tensor, a: float, style: str, anchor: str, floor: float, n: int | None = None
+) -> torch.Tensor:
     """Dense [B, T, T] float64 weights W[b, t, k] by loops over the definition."""
     batch, horizon = mask.shape
     w = torch.zeros(batch, horizon, horizon, dtype=torch.float64)
@@ -35,13 +40,17 @@ def loop_matrix(mask: torch.Tensor, a: float, style: str, anchor: str, floor: fl
         for t in valid:
             for k in valid:
                 if k <= t:
-                    w[b, t, k] = ref_weight(t, k, last, a, style, anchor, floor)
+                    w[b, t, k] = ref_weight(t, k, last, a, style, anchor, floor, n or horizon)
     return w
 
 
-def ref_matrix(mask: torch.Tensor, a: float, style: str, anchor: str, floor: float) -> torch.Tensor:
+def ref_matrix(
+    mask: torch.Tensor, a: float, style: str, anchor: str, floor: float, horizon: int | None = None
+) -> torch.Tensor:
     """The shared dense reference (grpo_lambda.algorithms.dense_reference) with a = γλ."""
-    return dense_trace_weights(mask, gamma=1.0, lam=a, style=style, anchor=anchor, floor=floor)
+    return dense_trace_weights(
+        mask, gamma=1.0, lam=a, style=style, anchor=anchor, floor=floor, horizon=horizon
+    )
 
 
 def ragged_mask(batch: int, horizon: int, gen: torch.Generator) -> torch.Tensor:
@@ -57,11 +66,12 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float):
 
 @pytest.mark.parametrize("style,anchor", list(itertools.product(STYLES, ANCHORS)))
 @pytest.mark.parametrize("a, floor", [(0.99, 0.0), (0.7, 0.05), (0.0, 1e-7), (1.0, 0.0)])
-def test_dense_reference_is_the_definition(style, anchor, a, floor):
+@pytest.mark.parametrize("n", [None, 40])
+def test_dense_reference_is_the_definition(style, anchor, a, floor, n):
     gen = torch.Generator().manual_seed(17)
     mask = ragged_mask(4, 23, gen)
     mask[1, 5] = False  # a hole: the sequence anchor uses the last valid token, not the length
-    torch.testing.assert_close(ref_matrix(mask, a, style, anchor, floor), loop_matrix(mask, a, style, anchor, floor),
+    torch.testing.assert_close(ref_matrix(mask, a, style, anchor, floor, n), loop_matrix(mask, a, style, anchor, floor, n),
                                rtol=1e-12, atol=0)  # fmt: skip
 
 
@@ -160,15 +170,65 @@ def test_discounted_cumsum_matches_recurrence(a, chunk):
     assert_rel_close(discounted_cumsum(x, a, chunk=chunk), expected, 1e-5)
 
 
-def test_eligibility_weight_is_trace_of_sigmoid_and_detached():
+@pytest.mark.parametrize("anchor", ANCHORS)
+def test_eligibility_weight_is_trace_of_sigmoid_with_or_without_its_gradient(anchor):
+    """E_t = Σ_k w(t,k)(1 + σ(log π(o_k) − 1)); grad=True (the authors' form) is differentiable in log π, with the
+    gradient of the dense float64 form; grad=False is a constant."""
     gen = torch.Generator().manual_seed(4)
     mask = ragged_mask(3, 20, gen)
     logp = (-torch.rand(3, 20, generator=gen) * 3).requires_grad_()
-    e = eligibility_weight(logp, mask, gamma=1.0, lam=0.9, style="both")
-    per = 1 + torch.sigmoid(logp.detach().double() - 1)
-    e_ref = torch.einsum("btk,bk->bt", ref_matrix(mask, 0.9, "both", "token", 0.0), per)
+    kw = dict(gamma=1.0, lam=0.9, style="both", anchor=anchor, floor=1e-7, horizon=32)
+    e = eligibility_weight(logp, mask, **kw)
+    lp64 = logp.detach().double().requires_grad_()
+    w = ref_matrix(mask, 0.9, "both", anchor, 1e-7, 32)
+    e_ref = torch.einsum("btk,bk->bt", w, 1 + torch.sigmoid(lp64 - 1))
     assert_rel_close(e, e_ref, 1e-5)
-    assert not e.requires_grad
+    upstream = torch.randn(3, 20, generator=gen)
+    (grad,) = torch.autograd.grad((e * upstream).sum(), logp)
+    (grad_ref,) = torch.autograd.grad((e_ref * upstream.double()).sum(), lp64)
+    assert_rel_close(grad, grad_ref, 1e-5)
+    assert grad[~mask].abs().max() == 0 and grad[mask].abs().max() > 0
+    constant = eligibility_weight(logp, mask, grad=False, **kw)
+    assert not constant.requires_grad and torch.equal(constant, e.detach())
+
+
+def test_horizon_anchor_defaults_to_the_width_and_must_cover_it():
+    gen = torch.Generator().manual_seed(12)
+    mask = ragged_mask(3, 30, gen)
+    x = torch.randn(3, 30, generator=gen)
+    kw = dict(gamma=1.0, lam=0.9, style="both", anchor="horizon")
+    assert torch.equal(lambda_trace(x, mask, **kw), lambda_trace(x, mask, horizon=30, **kw))
+    assert not torch.equal(lambda_trace(x, mask, **kw), lambda_trace(x, mask, horizon=31, **kw))
+    with pytest.raises(ValueError, match="horizon=29 is shorter than the 30 response positions"):
+        lambda_trace(x, mask, horizon=29, **kw)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_horizon_anchor_with_a_longer_horizon_matches_the_reference(style):
+    gen = torch.Generator().manual_seed(14)
+    mask = ragged_mask(4, 37, gen)
+    x = torch.randn(4, 37, generator=gen, requires_grad=True)
+    z = lambda_trace(x, mask, gamma=1.0, lam=0.95, style=style, anchor="horizon", floor=1e-7, horizon=50)
+    x64 = x.detach().double().requires_grad_()
+    z_ref = torch.einsum("btk,bk->bt", ref_matrix(mask, 0.95, style, "horizon", 1e-7, 50), x64)
+    assert_rel_close(z, z_ref, 1e-5)
+    (grad,) = torch.autograd.grad(z.sum(), x)
+    (grad_ref,) = torch.autograd.grad(z_ref.sum(), x64)
+    assert_rel_close(grad, grad_ref, 1e-5)
+
+
+def test_horizon_anchor_far_beyond_the_response():
+    """n = 3072 (the authors' scripts) and a 300-token response: `recent` sits at the floor (the trace adds only
+    floor × the prefix sum: ≈ GRPO) and `both` is `early`."""
+    gen = torch.Generator().manual_seed(13)
+    mask = torch.ones(2, 300, dtype=torch.bool)
+    x = torch.randn(2, 300, generator=gen, dtype=torch.float64) * 0.1
+    kw = dict(gamma=1.0, lam=0.99, anchor="horizon", floor=1e-7, horizon=3072)
+    recent = lambda_trace(x, mask, style="recent", **kw)
+    prefix = torch.nn.functional.pad(x.cumsum(-1)[:, :-1], (1, 0))
+    torch.testing.assert_close(recent, x + 1e-7 * prefix, rtol=1e-6, atol=1e-9)
+    both, early = lambda_trace(x, mask, style="both", **kw), lambda_trace(x, mask, style="early", **kw)
+    torch.testing.assert_close(both, early)
 
 
 @pytest.mark.parametrize(
