@@ -127,6 +127,10 @@ class LearnerConfig:
     warmup_steps: int = 0  # optimiser steps
     mini_batch_samples: int = 64  # responses per optimiser step (all ranks together)
     micro_batch_samples: int = 8  # responses per forward/backward on one rank
+    micro_batch_tokens: int | None = (
+        None  # instead: a budget of positions per forward on one rank, rows grouped by
+    )
+    # length (learner/token_budget.py), for training and the log-prob passes; null = micro_batch_samples
     logp_micro_batch_samples: int | None = (
         None  # responses per log-prob-only forward; null = micro_batch_samples
     )

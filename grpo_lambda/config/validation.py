@@ -222,6 +222,12 @@ def _learner(c: _Checker, cfg: Config) -> None:
         "must be >= 1 or null",
     )
     c.check(lr.epochs_per_batch >= 1, "learner.epochs_per_batch", lr.epochs_per_batch, "must be >= 1")
+    c.check(
+        lr.micro_batch_tokens is None or lr.micro_batch_tokens >= 1,
+        "learner.micro_batch_tokens",
+        lr.micro_batch_tokens,
+        "must be >= 1 or null",
+    )
     if lr.offload and lr.zero_stage == 0:
         c.fail("learner.offload=true needs learner.zero_stage >= 1 (ZeRO-Offload)")
     if cfg.model.lora.rank > 0 and lr.zero_stage == 3:
@@ -249,7 +255,11 @@ def _batch_sizes(c: _Checker, cfg: Config) -> None:
             f"learner.mini_batch_samples={mini} must divide the samples per step data.prompts_per_step × "
             f"rollout.samples_per_prompt = {prompts} × {cfg.rollout.samples_per_prompt} = {per_step}"
         )
-    if mini % (micro * lr.world_size):
+    if lr.micro_batch_tokens and mini % lr.world_size:  # a token budget: each rank just needs whole rows
+        c.fail(
+            f"learner.world_size={lr.world_size} must divide learner.mini_batch_samples={mini} (rows per rank)"
+        )
+    elif not lr.micro_batch_tokens and mini % (micro * lr.world_size):
         c.fail(
             f"learner.micro_batch_samples={micro} × learner.world_size={lr.world_size} = "
             f"{micro * lr.world_size} must divide learner.mini_batch_samples={mini} "

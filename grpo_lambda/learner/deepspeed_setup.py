@@ -44,6 +44,10 @@ def build_ds_config(cfg: LearnerConfig, dtype: str, world_size: int) -> dict:
     No "optimizer"/"scheduler" blocks: the client optimiser (torch AdamW) avoids DeepSpeed's FusedAdam JIT build.
     """
     mini, micro = cfg.mini_batch_samples, cfg.micro_batch_samples
+    if (
+        cfg.micro_batch_tokens
+    ):  # micro-batches of varying size, boundary set by the worker: one "micro" per rank
+        micro = mini // world_size
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}

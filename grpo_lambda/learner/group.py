@@ -25,6 +25,7 @@ from grpo_lambda.distributed.rendezvous import Rendezvous, local_ranks
 
 from .batch import LearnerBatch, mini_batch_counts, pad_rows, shard_for_data_parallel, split_batch
 from .metrics import reduce_rank_metrics
+from .token_budget import plan_micro_batches
 from .worker import LearnerActor
 
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
@@ -98,20 +99,34 @@ class LearnerGroup:
 
     def compute_logp(self, batch: LearnerBatch, *, reference: bool = False) -> Tensor:
         """log-probs [B, T] (fp32, CPU) of batch's responses under the current policy (θ_old if called before
-        train_step) or the reference model; rows are spread evenly over the ranks."""
+        train_step) or the reference model; rows are spread evenly over the ranks (and, with
+        learner.micro_batch_tokens, grouped by length within each rank)."""
         padded, _ = pad_rows(batch, self.world_size)
         shards = split_batch(padded, len(padded) // self.world_size, what="rows per rank")
-        parts = self.group.call_each("compute_logp", [(s,) for s in shards], reference=reference)
+        budget = self.cfg.learner.micro_batch_tokens
+        plans = plan_micro_batches(shards, budget) if budget else [None] * self.world_size
+        parts = self.group.call_each("compute_logp", [(s,) for s in shards], [{"plan": p} for p in plans],
+                                     reference=reference)  # fmt: skip
         return torch.cat(parts)[: len(batch)]
 
     def train_step(self, batch: LearnerBatch) -> dict[str, float]:
         """One optimiser step per mini-batch of `batch` (learner.mini_batch_samples), for learner.epochs_per_batch
         passes; returns metrics. old_logp (when `needs_old_logp`) and ref_logp (when kl_coef > 0) must be set.
-        Each mini-batch's global token/sequence counts are taken here, before sharding over the ranks."""
-        mini, micro = self.cfg.learner.mini_batch_samples, self.cfg.learner.micro_batch_samples
+        Each mini-batch's global token/sequence counts are taken here, before sharding over the ranks; with
+        learner.micro_batch_tokens each rank's micro-batches are planned here too (same count on every rank)."""
+        learner = self.cfg.learner
+        mini, micro = learner.mini_batch_samples, learner.micro_batch_samples
         counts = mini_batch_counts(batch, mini)
         shards = shard_for_data_parallel(batch, self.world_size, mini)
-        per_rank = self.group.call_each("train_step", [(shard,) for shard in shards], mini_batch_samples=mini,
+        kwargs = [{} for _ in shards]
+        if learner.micro_batch_tokens:
+            rows = (
+                mini // self.world_size
+            )  # each rank's rows of one mini-batch (its shard is mini-batch major)
+            per_mini = [plan_micro_batches([s.select(slice(m * rows, (m + 1) * rows)) for s in shards],
+                                           learner.micro_batch_tokens) for m in range(len(counts))]  # fmt: skip
+            kwargs = [{"micro_plans": [plans[r] for plans in per_mini]} for r in range(self.world_size)]
+        per_rank = self.group.call_each("train_step", [(shard,) for shard in shards], kwargs, mini_batch_samples=mini,
                                         micro_batch_samples=micro, counts=counts)  # fmt: skip
         return reduce_rank_metrics(per_rank)
 

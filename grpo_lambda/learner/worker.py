@@ -38,6 +38,7 @@ from .deepspeed_setup import (
 )
 from .metrics import TokenWeighted
 from .model import load_causal_lm, response_logp
+from .token_budget import Plan
 from .weights import full_named_tensors, tied_lm_head
 
 CLIENT_STATE_KEY = "grpo_lambda_learner"
@@ -121,11 +122,13 @@ class LearnerWorker:
 
     # -------------------------------------------------------------------------------------------- log-probs
     @torch.no_grad()
-    def compute_logp(self, batch: LearnerBatch, *, reference: bool = False) -> Tensor:
+    def compute_logp(
+        self, batch: LearnerBatch, *, reference: bool = False, plan: Plan | None = None
+    ) -> Tensor:
         """log-probs [B, T] (fp32, CPU) of the response tokens under the current policy (θ_old when called before
-        train_step) or, with reference=True, under the frozen reference model. Runs in micro-batches of
-        learner.logp_micro_batch_samples; all ranks must call it with equally long shards (ZeRO-3 forwards are
-        collective)."""
+        train_step) or, with reference=True, under the frozen reference model. Runs in micro-batches: the rows of
+        each `plan` entry (token_budget.py), or learner.logp_micro_batch_samples rows at a time. All ranks must make
+        the same number of forwards (ZeRO-3 forwards are collective)."""
         self._require_init()
         if reference and self.ref is None:
             raise RuntimeError(
@@ -134,13 +137,18 @@ class LearnerWorker:
         model = self.ref if reference else self.engine
         if not reference:
             self.engine.eval()
-        out = []
         step = self.cfg.learner.logp_micro
-        for start in range(0, len(batch), step):
-            mb = batch.select(slice(start, start + step)).compact().to(self.device)
+        plan = (
+            plan
+            if plan is not None
+            else [list(range(i, min(i + step, len(batch)))) for i in range(0, len(batch), step)]
+        )
+        out = torch.zeros(len(batch), batch.response_len, dtype=torch.float32)
+        for rows in plan:
+            mb = batch.select(rows).compact().to(self.device)
             logp, _ = response_logp(model, mb, temperature=self.cfg.rollout.temperature)
-            out.append(pad_response_dim(logp.float().cpu(), batch.response_len))
-        return torch.cat(out)
+            out[rows] = pad_response_dim(logp.float().cpu(), batch.response_len)
+        return out
 
     # --------------------------------------------------------------------------------------------- training
     def train_step(
@@ -150,12 +158,15 @@ class LearnerWorker:
         mini_batch_samples: int,
         micro_batch_samples: int,
         counts: Sequence[MiniBatchCounts],
+        micro_plans: Sequence[Plan] | None = None,
     ) -> dict[str, float]:
         """One optimiser step per mini-batch of this rank's shard (see batch.shard_for_data_parallel), repeated
         for learner.epochs_per_batch passes, with the loss `cfg.algorithm`.
 
         mini_batch_samples: samples per optimiser step over all ranks; micro_batch_samples: per forward on one
-        rank; counts: the global normalisers of each mini-batch (batch.mini_batch_counts, on the driver).
+        rank; counts: the global normalisers of each mini-batch (batch.mini_batch_counts, on the driver);
+        micro_plans: per mini-batch, the rows of each micro-batch (token_budget.py; the same count on every rank):
+        replaces micro_batch_samples, and the accumulation boundary is then set explicitly.
         shard.old_logp may be None only with a single update (θ_old = θ, so old_logp = logp.detach()).
         Returns this rank's metrics; combine ranks with metrics.reduce_rank_metrics.
         """
@@ -176,20 +187,31 @@ class LearnerWorker:
             raise ValueError(
                 "kl_coef > 0 needs ref_logp: compute_logp(batch, reference=True) before train_step"
             )
-        self._set_batch_sizes(mini_batch_samples, micro_batch_samples)
+        if micro_plans is None:
+            self._set_batch_sizes(mini_batch_samples, micro_batch_samples)
+        elif len(micro_plans) != len(minis):
+            raise ValueError(f"got {len(micro_plans)} micro-batch plans for {len(minis)} mini-batches")
         lr = self.engine.get_lr()[0]  # the LR of this step's first update
         self.engine.train()
         loss_metrics, mismatch = TokenWeighted(), TokenWeighted()  # mismatch: engine vs learner at θ = θ_old
         loss_total = grad_norm_total = 0.0
-        for update_index, (mini, count) in enumerate(
-            pair for _ in range(epochs) for pair in zip(minis, counts)
-        ):
-            micros = split_batch(mini, micro_batch_samples)
+        positions = real_positions = 0
+        for update_index, m in enumerate(m for _ in range(epochs) for m in range(len(minis))):
+            mini, count = minis[m], counts[m]
+            if micro_plans is None:
+                micros = split_batch(mini, micro_batch_samples)
+            else:
+                micros = [mini.select(rows) for rows in micro_plans[m]]
             manual_norm = None
             for i, mb in enumerate(micros):
                 last = i == len(micros) - 1
-                self._check_accumulation_boundary(i, len(micros))
+                if micro_plans is None:
+                    self._check_accumulation_boundary(i, len(micros))
+                else:  # variable micro-batch sizes: the boundary is ours to say
+                    self.engine.set_gradient_accumulation_boundary(last)
                 mb = mb.compact().to(self.device)
+                positions += mb.input_ids.numel()
+                real_positions += int(mb.attention_mask.sum())
                 loss, metrics, logp = self._loss(mb, count)
                 if update_index == 0 and mb.behaviour_logp is not None:
                     diag = behaviour_mismatch(logp, mb.behaviour_logp, mb.response_mask)
@@ -205,6 +227,8 @@ class LearnerWorker:
             norm = self.engine.get_global_grad_norm() if manual_norm is None else manual_norm
             grad_norm_total += float(norm) if norm is not None else float("nan")
             self.num_updates += 1
+        if micro_plans is not None:
+            self.engine.set_gradient_accumulation_boundary(None)  # back to DeepSpeed's own micro-step counter
         updates = len(minis) * epochs
         return {
             **loss_metrics.means(),
@@ -215,6 +239,7 @@ class LearnerWorker:
             "learner/lr": lr,
             "learner/num_updates": float(updates),
             "learner/updates_total": float(self.num_updates),
+            "learner/padding_frac": 1.0 - real_positions / max(positions, 1),  # of the positions computed
             "learner/update_s": time.perf_counter() - t0,
         }
 

@@ -91,17 +91,28 @@ def assert_sgd_step_matches(before, after, ref_weights, ref_grads):
 # ZeRO stage -> the loss exercised with it (token, sequence and horizon normalisers all go through the ranks).
 # seq-mean-token-sum-norm divides by the run's constant H and the horizon anchor measures lags from H: every
 # (compacted, narrower) micro-batch must use that same H, not its own width.
+# With learner.micro_batch_tokens the micro-batches are grouped by length: a budget of 30 positions gives each rank
+# 3 micro-batches of 1, 2 and 1 rows, reordered by length; one of 24 gives the ranks 3 and 4 before the plan splits
+# rank 0's pair to make the counts equal (ZeRO-3 forwards are collective).
 INVARIANCE_CASES = [
-    (0, dict(loss_agg="token-mean")),
-    (1, dict(loss_agg="seq-mean-token-mean")),
-    (2, dict(loss_agg="seq-mean-token-sum-norm")),
-    (3, dict(loss_agg="seq-mean-token-sum", trace_anchor="horizon", trace_floor=1e-7, trace_style="recent")),
+    (0, dict(loss_agg="token-mean"), {}),
+    (1, dict(loss_agg="seq-mean-token-mean"), {}),
+    (2, dict(loss_agg="seq-mean-token-sum-norm"), {}),
+    (
+        3,
+        dict(loss_agg="seq-mean-token-sum", trace_anchor="horizon", trace_floor=1e-7, trace_style="recent"),
+        {},
+    ),
+    (2, dict(loss_agg="token-mean"), dict(micro_batch_tokens=30)),
+    (3, dict(loss_agg="seq-mean-token-sum-norm"), dict(micro_batch_tokens=24)),
 ]
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("stage, loss", INVARIANCE_CASES)
-def test_two_ranks_two_micro_batches_equal_the_full_batch_gradient(ray_local, tiny_model_dir, stage, loss):
+@pytest.mark.parametrize("stage, loss, learner", INVARIANCE_CASES)
+def test_two_ranks_two_micro_batches_equal_the_full_batch_gradient(
+    ray_local, tiny_model_dir, stage, loss, learner
+):
     import ray
 
     from grpo_lambda.learner.group import LearnerGroup
@@ -114,10 +125,14 @@ def test_two_ranks_two_micro_batches_equal_the_full_batch_gradient(ray_local, ti
 
     # 8 samples = 2 ranks x 2 micro-batches x 2 samples: DeepSpeed GAS = 2
     cfg = run_config(model_dir, "float32", loss_cfg, zero_stage=stage, optimizer="sgd", lr=LR, grad_clip=0.0,
-                     mini_batch_samples=8, micro_batch_samples=2)  # fmt: skip
+                     mini_batch_samples=8, micro_batch_samples=2, **learner)  # fmt: skip
     group = LearnerGroup(cfg, model_dir)
     try:
         assert not group.needs_old_logp(len(batch))  # one update: θ_old = θ, no extra forward
+        if learner:  # the log-prob pass takes the same length-aware plan: rows come back in their order
+            with torch.no_grad():
+                expected_logp, _ = response_logp(load_causal_lm(model_dir, dtype="float32"), batch)
+            torch.testing.assert_close(group.compute_logp(batch), expected_logp, rtol=1e-5, atol=1e-5)
         before = ray.get(group.state_dict_ref())
         metrics = group.train_step(batch)
         after = ray.get(group.state_dict_ref())

@@ -453,3 +453,16 @@ def test_paper_presets_match_the_authors_runs(preset, algorithm):
 def test_the_old_paper_preset_is_gone():
     with pytest.raises(ConfigError, match="no config 'experiment/paper_qwen1.5b'"):
         load_config(["experiment=paper_qwen1.5b"])
+
+
+def test_token_budget_replaces_the_micro_batch_count_rule(base):
+    cfg = load_config(
+        ["learner.micro_batch_tokens=1024", "learner.micro_batch_samples=3"]
+    )  # 3 ∤ 32: unused now
+    assert cfg.learner.micro_batch_tokens == 1024
+    with pytest.raises(ConfigError, match="learner.micro_batch_tokens=0 must be >= 1 or null"):
+        load_config(["learner.micro_batch_tokens=0"])
+    with pytest.raises(
+        ConfigError, match=r"learner.world_size=3 must divide learner.mini_batch_samples=64 \(rows"
+    ):
+        validate(with_value(with_value(base, "learner.micro_batch_tokens", 512), "learner.world_size", 3))
