@@ -169,3 +169,22 @@ def initialize_inference_engine(model: torch.nn.Module, cfg: LearnerConfig, dtyp
     engine, *_ = deepspeed.initialize(model=model, config=build_inference_ds_config(cfg, dtype, world_size))
     engine.eval()
     return engine
+
+
+def set_batch_sizes(engine, mini_batch_samples: int, micro_batch_samples: int) -> None:
+    """Keep DeepSpeed's bookkeeping in line with this step's sizes (gradient_accumulation_steps, which they
+    determine, decides DeepSpeed's accumulation boundary)."""
+    if engine.train_micro_batch_size_per_gpu() != micro_batch_samples:
+        engine.set_train_micro_batch_size(micro_batch_samples)
+    if engine.train_batch_size() != mini_batch_samples:
+        engine.set_train_batch_size(mini_batch_samples)
+
+
+def check_accumulation_boundary(engine, index: int, num_micro: int) -> None:
+    """DeepSpeed steps the optimiser at its own accumulation boundary; it must be our last micro-batch."""
+    if engine.is_gradient_accumulation_boundary() != (index == num_micro - 1):
+        raise RuntimeError(
+            f"DeepSpeed's accumulation boundary (gradient_accumulation_steps={engine.gradient_accumulation_steps()}) "
+            f"is out of step with micro-batch {index + 1}/{num_micro}: its batch sizes or micro-step counter disagree "
+            "with this mini-batch (was a previous train_step interrupted?)"
+        )

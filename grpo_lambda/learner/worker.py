@@ -32,9 +32,11 @@ from .batch import LearnerBatch, MiniBatchCounts, pad_response_dim, split_batch
 from .deepspeed_setup import (
     backward_scale,
     build_ds_config,
+    check_accumulation_boundary,
     init_distributed,
     initialize_engine,
     initialize_inference_engine,
+    set_batch_sizes,
 )
 from .metrics import TokenWeighted
 from .model import load_causal_lm, response_logp
@@ -188,7 +190,7 @@ class LearnerWorker:
                 "kl_coef > 0 needs ref_logp: compute_logp(batch, reference=True) before train_step"
             )
         if micro_plans is None:
-            self._set_batch_sizes(mini_batch_samples, micro_batch_samples)
+            set_batch_sizes(self.engine, mini_batch_samples, micro_batch_samples)
         elif len(micro_plans) != len(minis):
             raise ValueError(f"got {len(micro_plans)} micro-batch plans for {len(minis)} mini-batches")
         lr = self.engine.get_lr()[0]  # the LR of this step's first update
@@ -206,7 +208,7 @@ class LearnerWorker:
             for i, mb in enumerate(micros):
                 last = i == len(micros) - 1
                 if micro_plans is None:
-                    self._check_accumulation_boundary(i, len(micros))
+                    check_accumulation_boundary(self.engine, i, len(micros))
                 else:  # variable micro-batch sizes: the boundary is ours to say
                     self.engine.set_gradient_accumulation_boundary(last)
                 mb = mb.compact().to(self.device)
@@ -264,23 +266,6 @@ class LearnerWorker:
             horizon=self.cfg.model.max_response_tokens,  # one H for every (compacted) micro-batch
         )
         return loss, metrics, logp
-
-    def _check_accumulation_boundary(self, index: int, num_micro: int) -> None:
-        """DeepSpeed steps the optimiser at its own accumulation boundary; it must be our last micro-batch."""
-        if self.engine.is_gradient_accumulation_boundary() != (index == num_micro - 1):
-            raise RuntimeError(
-                f"DeepSpeed's accumulation boundary (gradient_accumulation_steps="
-                f"{self.engine.gradient_accumulation_steps()}) is out of step with micro-batch {index + 1}/"
-                f"{num_micro}: its batch sizes or micro-step counter disagree with this mini-batch (was a previous "
-                "train_step interrupted?)"
-            )
-
-    def _set_batch_sizes(self, mini_batch_samples: int, micro_batch_samples: int) -> None:
-        """Keep DeepSpeed's bookkeeping (gradient_accumulation_steps decides the step boundary) in line."""
-        if self.engine.train_micro_batch_size_per_gpu() != micro_batch_samples:
-            self.engine.set_train_micro_batch_size(micro_batch_samples)
-        if self.engine.train_batch_size() != mini_batch_samples:
-            self.engine.set_train_batch_size(mini_batch_samples)
 
     def _reduced_grad_norm(self) -> float:
         """‖g‖₂ of the (already all-reduced) full gradients; used where DeepSpeed keeps no global norm."""
