@@ -145,20 +145,28 @@ def check_override_keys(overrides: list[str], config_dir: str | Path = CONF_DIR)
                         f"options for '{key}': {', '.join(options)}"
                     )
             continue
-        unknown = unknown_key_prefix(key)
-        if unknown is not None:
-            raise ConfigError(unknown_key_message(unknown))
+        message = unknown_key_message(key)
+        if message is not None:
+            raise ConfigError(message)
 
 
-def unknown_key_prefix(full_key: str) -> str | None:
-    """The shortest prefix of `full_key` that names no field of the schema (None: the key exists). Keys below a
-    dict or list field (`cluster.env_vars.X`, `reward.verifier_by_dataset.gsm8k`) are free-form."""
+def unknown_key_message(full_key: str) -> str | None:
+    """The error for the first part of `full_key` that names no field of the schema, with a "did you mean" and the
+    valid keys at that level; None when the key exists. Keys below a dict or list field (`cluster.env_vars.X`,
+    `reward.verifier_by_dataset.gsm8k`) are free-form."""
     node: Any = Config
     parts = full_key.split(".")
     for i, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(node)}
         if part not in fields:
-            return ".".join(parts[: i + 1])
+            parent = ".".join(parts[:i])
+            valid = list(fields)
+            hint = did_you_mean(part, valid)
+            if parent:
+                hint = hint.replace("(did you mean '", f"(did you mean '{parent}.")
+            where = f"'{parent}'" if parent else "the top level"
+            unknown = ".".join(parts[: i + 1])
+            return f"unknown key {unknown!r}{hint}; valid keys under {where}: {', '.join(valid)}"
         node = _field_dataclass(fields[part])
         if node is None:  # a leaf or a free-form container: Hydra/OmegaConf judge what is below
             return None
@@ -172,30 +180,14 @@ def _field_dataclass(f: dataclasses.Field) -> type | None:
     return type(value) if dataclasses.is_dataclass(value) else None
 
 
-def unknown_key_message(full_key: str) -> str:
-    parent, _, leaf = full_key.rpartition(".")
-    node: Any = Config
-    for part in parent.split(".") if parent else []:
-        fields = {f.name: f for f in dataclasses.fields(node)}
-        node = _field_dataclass(fields[part]) if part in fields else None
-        if node is None:
-            return f"unknown key {full_key!r}"
-    valid = [f.name for f in dataclasses.fields(node)]
-    where = f"'{parent}'" if parent else "the top level"
-    hint = did_you_mean(leaf, valid)
-    if parent:
-        hint = hint.replace("(did you mean '", f"(did you mean '{parent}.")
-    return f"unknown key {full_key!r}{hint}; valid keys under {where}: {', '.join(valid)}"
-
-
 # ------------------------------------------------------------------------------ composition errors
 def _omegaconf_message(exc: OmegaConfBaseException) -> str:
     full_key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
     first_line = str(exc).split("\n")[0]
     if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
-        unknown = unknown_key_prefix(str(full_key))
-        if unknown is not None:
-            return unknown_key_message(unknown)
+        message = unknown_key_message(str(full_key))
+        if message is not None:
+            return message
         if "." in str(full_key):  # a new entry of a free-form dict field (cluster.env_vars, ...)
             return f"{full_key}: {first_line}; add a new entry with '+': +{full_key}=<value>"
     if isinstance(exc, MissingMandatoryValue):

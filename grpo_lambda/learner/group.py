@@ -119,12 +119,14 @@ class LearnerGroup:
         counts = mini_batch_counts(batch, mini)
         shards = shard_for_data_parallel(batch, self.world_size, mini)
         kwargs = [{} for _ in shards]
-        if learner.micro_batch_tokens:
-            rows = (
-                mini // self.world_size
-            )  # each rank's rows of one mini-batch (its shard is mini-batch major)
-            per_mini = [plan_micro_batches([s.select(slice(m * rows, (m + 1) * rows)) for s in shards],
-                                           learner.micro_batch_tokens) for m in range(len(counts))]  # fmt: skip
+        if learner.micro_batch_tokens:  # each rank's shard holds its rows of every mini-batch, in order
+            minis = [
+                split_batch(s, mini // self.world_size, what="mini_batch_samples / world_size")
+                for s in shards
+            ]
+            per_mini = [
+                plan_micro_batches(rank_rows, learner.micro_batch_tokens) for rank_rows in zip(*minis)
+            ]
             kwargs = [{"micro_plans": [plans[r] for plans in per_mini]} for r in range(self.world_size)]
         per_rank = self.group.call_each("train_step", [(shard,) for shard in shards], kwargs, mini_batch_samples=mini,
                                         micro_batch_samples=micro, counts=counts)  # fmt: skip

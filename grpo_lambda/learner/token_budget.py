@@ -69,13 +69,3 @@ def plan_micro_batches(shards: Sequence[LearnerBatch], budget: int) -> list[Plan
     if budget < 1:
         raise ValueError(f"micro_batch_tokens={budget} must be >= 1")
     return equalize([plan_rank(*row_lengths(shard), budget) for shard in shards])
-
-
-def padding_fraction(micro_batches: Sequence[LearnerBatch]) -> float:
-    """Share of the positions that compacted micro-batches compute that are padding (prompt + response)."""
-    total = real = 0
-    for mb in micro_batches:
-        compact = mb.compact()
-        total += compact.input_ids.numel()
-        real += int(compact.attention_mask.sum())
-    return 1.0 - real / total if total else 0.0

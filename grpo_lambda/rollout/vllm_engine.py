@@ -14,7 +14,7 @@ weights back, are in vllm_readback.py). `RolloutGroup` (group.py) runs one `VLLM
   drops the plain tensors). Then the prefix cache is reset: it holds KV blocks computed by the old weights.
 - Weight update by broadcast (`init_weight_sync` once, then `receive_weights` per sync): the worker joins the
   learner's sync group and streams the buckets learner rank 0 broadcasts straight into the same `reload_weights`
-  (grpo_lambda/distributed/weight_sync.py); nothing passes through Ray's object store.
+  (grpo_lambda/distributed/sync_protocol.py); nothing passes through Ray's object store.
 - Weight read-back (`rollout.sync_check`, tests): `read_weights` gathers every worker's
   `vllm_readback.read_effective_weights` (an identity probe through vLLM's own kernels).
 """

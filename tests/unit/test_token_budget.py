@@ -9,11 +9,17 @@ from grpo_lambda.learner.batch import build_batch, split_batch
 from grpo_lambda.learner.token_budget import (
     equalize,
     micro_batch_cost,
-    padding_fraction,
     plan_micro_batches,
     plan_rank,
     row_lengths,
 )
+
+
+def padding_fraction(micro_batches) -> float:
+    """Share of the positions that compacted micro-batches compute that are padding (learner/padding_frac)."""
+    compact = [mb.compact() for mb in micro_batches]
+    total = sum(mb.input_ids.numel() for mb in compact)
+    return 1.0 - sum(int(mb.attention_mask.sum()) for mb in compact) / total
 
 
 def batch_of(prompt_lens, response_lens, seed=0):
