@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+BEHAVIOUR_IS = ("none", "tis", "mis")  # off-policy correction by the engine's sampling log-probs (is_correction.py)
+
 
 @dataclass
 class LossConfig:
@@ -32,3 +34,5 @@ class LossConfig:
     entropy_coef: float = 0.0
     loss_agg: str = "token-mean"  # see aggregation.py
     max_log_ratio: float = 20.0  # overflow guard: log r and z are clamped to ±this before exp
+    behaviour_is: str = "none"  # none | tis (token, min(π_old/μ, C)) | mis (sequence mask: Π π_old/μ ≤ C)
+    behaviour_is_cap: float = 2.0  # C

@@ -33,6 +33,7 @@ MISSING = "???"  # OmegaConf's marker of a required value (omegaconf.MISSING)
 MODEL_DTYPES = ("float32", "bfloat16")
 ROLLOUT_DTYPES = ("auto", "float32", "bfloat16", "float16")
 ROLLOUT_ENGINES = ("vllm",)
+STALE_POLICIES = ("drop", "wait")
 WEIGHT_SYNCS = ("broadcast", "object_store")
 SYNC_BACKENDS = ("auto", "gloo", "nccl")
 OPTIMIZERS = ("adamw", "sgd")
@@ -107,6 +108,8 @@ class RolloutConfig:
     sync_bucket_mb: float = 256.0  # broadcast bucket size
     sync_check: bool = False  # after each weight sync, read the engines' weights back and require equality
     sync_timeout_s: float = 300.0
+    max_staleness: int = 0  # k: 0 = synchronous; k >= 1: the engines generate k batches ahead of the learner
+    stale_policy: str = "drop"  # a group older than k versions: drop (replace it) | wait (regenerate it now)
 
     def engine_dtype(self, model_dtype: str) -> str:
         """The engines' weight dtype: `dtype`, with auto = the learner's `model.dtype`."""

@@ -24,6 +24,7 @@ from .schema import (
     PLACEMENTS,
     ROLLOUT_DTYPES,
     ROLLOUT_ENGINES,
+    STALE_POLICIES,
     SYNC_BACKENDS,
     WANDB_MODES,
     WEIGHT_SYNCS,
@@ -95,6 +96,7 @@ def _algorithm(c: _Checker, a: AlgorithmConfig) -> None:
         TRACE_ANCHORS,
         TRACE_STYLES,
     )
+    from grpo_lambda.algorithms.loss_config import BEHAVIOUR_IS
 
     c.choice("algorithm.adv_estimator", a.adv_estimator, ADVANTAGE_ESTIMATORS.names())
     c.choice("algorithm.policy_loss", a.policy_loss, POLICY_LOSSES.names())
@@ -123,6 +125,8 @@ def _algorithm(c: _Checker, a: AlgorithmConfig) -> None:
     c.check(a.kl_coef >= 0, "algorithm.kl_coef", a.kl_coef, "must be >= 0 (0 = no KL term)")
     c.check(a.entropy_coef >= 0, "algorithm.entropy_coef", a.entropy_coef, "must be >= 0")
     c.check(a.max_log_ratio > 0, "algorithm.max_log_ratio", a.max_log_ratio, "must be > 0")
+    c.choice("algorithm.behaviour_is", a.behaviour_is, BEHAVIOUR_IS)
+    c.check(a.behaviour_is_cap >= 1, "algorithm.behaviour_is_cap", a.behaviour_is_cap, "must be >= 1")
     c.check(
         a.dynamic_sampling_reward_std_eps >= 0,
         "algorithm.dynamic_sampling_reward_std_eps",
@@ -191,6 +195,8 @@ def _rollout(c: _Checker, cfg: Config) -> None:
     c.check(r.sync_timeout_s > 0, "rollout.sync_timeout_s", r.sync_timeout_s, "must be > 0")
     c.choice("rollout.weight_sync", r.weight_sync, WEIGHT_SYNCS)
     c.choice("rollout.sync_backend", r.sync_backend, SYNC_BACKENDS)
+    c.check(r.max_staleness >= 0, "rollout.max_staleness", r.max_staleness, "must be >= 0 (0 = synchronous)")
+    c.choice("rollout.stale_policy", r.stale_policy, STALE_POLICIES)
     c.check(r.sync_bucket_mb > 0, "rollout.sync_bucket_mb", r.sync_bucket_mb, "must be > 0")
     if r.sync_backend == "nccl" and cfg.cluster.num_gpus == 0:
         c.fail("rollout.sync_backend='nccl' needs GPUs but cluster.num_gpus=0: use rollout.sync_backend=auto")
