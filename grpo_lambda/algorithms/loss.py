@@ -1,17 +1,19 @@
-"""The GRPO-λ objective: policy loss (ppo | trace | weight) + β·KL(π_θ ‖ π_ref) − entropy bonus, aggregated
-over the optimiser mini-batch with global normalisers (see aggregation.py)."""
+"""The GRPO-λ objective: w · policy loss (ppo | trace | weight) + β·KL(π_θ ‖ π_ref) − entropy bonus, aggregated
+over the optimiser mini-batch with global normalisers (see aggregation.py); w is the detached off-policy weight
+of `behaviour_is` (is_correction.py; 1 by default)."""
 
 from __future__ import annotations
 
 import torch
 
 from .aggregation import aggregate_loss, masked_mean
+from .is_correction import behaviour_is_weights
 from .kl import kl_penalty
 from .loss_config import LossConfig
 from .policy_loss import POLICY_LOSSES
 
 
-def _check_shapes(logp, old_logp, advantages, response_mask, ref_logp, entropy):
+def _check_shapes(logp, old_logp, advantages, response_mask, ref_logp, entropy, behaviour_logp):
     if logp.dim() != 2:
         raise ValueError(f"logp must be [B, T], got {tuple(logp.shape)}")
     for name, t in (
@@ -19,6 +21,7 @@ def _check_shapes(logp, old_logp, advantages, response_mask, ref_logp, entropy):
         ("response_mask", response_mask),
         ("ref_logp", ref_logp),
         ("entropy", entropy),
+        ("behaviour_logp", behaviour_logp),
     ):
         if t is not None and t.shape != logp.shape:
             raise ValueError(f"{name} shape {tuple(t.shape)} does not match logp shape {tuple(logp.shape)}")
@@ -38,6 +41,7 @@ def grpo_lambda_loss(
     num_tokens: float | None = None,
     num_seqs: float | None = None,
     horizon: int | None = None,
+    behaviour_logp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """This micro-batch's share of the GRPO-λ mini-batch loss, and detached metrics.
 
@@ -46,10 +50,13 @@ def grpo_lambda_loss(
     optimiser mini-batch over all micro-batches and ranks (None: this batch's own). horizon: the run's constant H
     (model.max_response_tokens) for `seq-mean-token-sum-norm` and the `horizon` trace anchor; None falls back to
     this batch's width T, which is right only when the batch is padded to H (the learner always passes H).
+    behaviour_logp: [B, T] the rollout engine's sampling log-probs log μ; with cfg.behaviour_is != "none" the
+    per-token policy loss is multiplied by the detached weight of is_correction.py (the ratio and the trace keep
+    old_logp). Ignored when behaviour_is is "none".
     Summing the returned loss over micro-batches and ranks gives the mini-batch loss, so a caller must not
     average it again.
     """
-    _check_shapes(logp, old_logp, advantages, response_mask, ref_logp, entropy)
+    _check_shapes(logp, old_logp, advantages, response_mask, ref_logp, entropy, behaviour_logp)
     mask = response_mask.to(torch.bool)
     zero = torch.zeros((), dtype=torch.float32, device=logp.device)
 
@@ -64,6 +71,12 @@ def grpo_lambda_loss(
     adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
 
     token_loss, metrics = POLICY_LOSSES.get(cfg.policy_loss)(logp, old_logp, adv, mask, cfg, horizon=horizon)
+    if cfg.behaviour_is != "none":  # "none" leaves the loss untouched, bit for bit
+        is_weight, is_metrics = behaviour_is_weights(
+            old_logp, behaviour_logp, mask, cfg.behaviour_is, cfg.behaviour_is_cap
+        )
+        token_loss = is_weight * token_loss
+        metrics.update(is_metrics)
     metrics["learner/pg_loss"] = masked_mean(token_loss.detach(), mask)
     metrics["learner/approx_kl"] = masked_mean((old_logp - logp).detach(), mask)
 

@@ -264,6 +264,7 @@ class LearnerWorker:
             num_tokens=count.num_tokens,
             num_seqs=count.num_seqs,
             horizon=self.cfg.model.max_response_tokens,  # one H for every (compacted) micro-batch
+            behaviour_logp=mb.behaviour_logp,  # used only with algorithm.behaviour_is != none
         )
         return loss, metrics, logp
 
