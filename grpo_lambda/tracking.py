@@ -24,12 +24,14 @@ from grpo_lambda.config.schema import LoggerConfig
 from grpo_lambda.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
+BATCHES_FILE = "batches.jsonl"  # per step: the prompt ids trained on and their weights versions
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "reward_curve.png"
 CONFIG_FILE = "config.yaml"
 WANDB_ID_FILE = "wandb_id.txt"
 REWARD_KEY = "reward/mean"
 STEP_TIME_KEY = "time/step_s"
+NOT_DRIVER_PHASES = ("time/engine_idle_s",)  # measured on the engines, overlapping the driver's phases
 
 
 class Tracker:
@@ -77,9 +79,12 @@ class Tracker:
 
             atomic_write_text(self.run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg_dict)))
         self._jsonl: TextIO | None = None
+        self._batches: TextIO | None = None
         if logger.jsonl:
             self._reload_history(start_step)
             self._jsonl = (self.run_dir / METRICS_FILE).open("a", encoding="utf-8")
+            _keep_steps(self.run_dir / BATCHES_FILE, start_step)
+            self._batches = (self.run_dir / BATCHES_FILE).open("a", encoding="utf-8")
         if logger.wandb.mode != "disabled":
             self._init_wandb(cfg_dict)
 
@@ -110,6 +115,12 @@ class Tracker:
         if self._wandb is not None:
             self._wandb_call(lambda: self._wandb.log(values, step=int(step)))
 
+    def log_batch(self, step: int, record: Mapping[str, Any]) -> None:
+        """Record what step `step` trained on (JSON-serialisable) in ``batches.jsonl``: resume audits read it."""
+        if self._batches is not None:
+            self._batches.write(json.dumps({"step": int(step), **record}) + "\n")
+            self._batches.flush()
+
     def _console_line(self, step: int, values: dict[str, float]) -> str:
         head = f"step {step}/{self.total_steps}" if self.total_steps else f"step {step}"
         parts = [head] + [f"{k} {_fmt(values[k])}" for k in self.logger.console_keys if k in values]
@@ -131,6 +142,9 @@ class Tracker:
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
         summary = summarize(self.history, wall_time_s=time.time() - self._start_time)
         self._summary = summary
         atomic_write_json(self.run_dir / SUMMARY_FILE, _finite(summary))
@@ -213,6 +227,20 @@ class Tracker:
 
 
 # --------------------------------------------------------------------------------------- summaries
+def _keep_steps(path: Path, start_step: int) -> None:
+    """Drop the lines of a per-step JSONL file after `start_step` (all of them when 0: a fresh run)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if 0 < start_step and int(json.loads(line)["step"]) <= start_step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # an interrupted write
+    atomic_write_text(path, "".join(f"{ln}\n" for ln in kept))
+
+
 def summarize(
     history: Sequence[tuple[int, Mapping[str, float]]], wall_time_s: float | None = None
 ) -> dict[str, Any]:
@@ -238,7 +266,8 @@ def summarize(
             if STEP_TIME_KEY not in m:
                 continue
             for key, value in m.items():
-                if key.startswith("time/") and key.endswith("_s") and key != STEP_TIME_KEY:
+                if (key.startswith("time/") and key.endswith("_s") and key != STEP_TIME_KEY
+                        and key not in NOT_DRIVER_PHASES):  # fmt: skip
                     name = key[len("time/") : -len("_s")]
                     phases[name] = phases.get(name, 0.0) + value
         if phases:

@@ -31,6 +31,7 @@ from grpo_lambda.learner.group import LearnerGroup
 from grpo_lambda.models import resolve_model
 from grpo_lambda.rewards import VerifierPool, VerifyRequest, VerifyResult, outcome_metrics
 from grpo_lambda.rollout.group import RolloutGroup
+from grpo_lambda.rollout.pipeline import Batch, RolloutPipeline, staleness
 from grpo_lambda.rollout.sampling import Sample, SamplingSpec
 from grpo_lambda.tracking import Tracker
 from grpo_lambda.utils import Timer, set_seed
@@ -84,6 +85,9 @@ class Trainer:
         self.rollout = RolloutGroup(cfg, self.model_path, self.placement["rollout"], gpus)
         self.learner = LearnerGroup(cfg, self.model_path, placement=self.placement["learner"])
         self.weight_sync = WeightSync(cfg, self.learner, self.rollout, gpus)
+        self.pipeline = RolloutPipeline(
+            self.rollout, self.sampler, self._step_spec, cfg.rollout.max_staleness
+        )
         self.step_num = 0
         resume_from = checkpoint.find_resume(cfg.run_dir, cfg.trainer.resume)
         if resume_from is not None:
@@ -92,17 +96,17 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- one step
     def step(self) -> dict[str, float]:
-        cfg, timer, a = self.cfg, self.timer, self.cfg.algorithm
+        cfg, timer, a, r = self.cfg, self.timer, self.cfg.algorithm, self.cfg.rollout
         timer.reset()
         t0 = time.perf_counter()
-        spec = self._spec(step_seed(cfg.trainer.seed, self.step_num))
-        prompts = self.sampler.next_batch()
-        with timer("generate"):
-            samples = self.rollout.generate(prompts, spec)
+        version = self.weight_sync.version  # the learner's weights at this update (one push per update)
+        with timer("generate" if r.max_staleness == 0 else "learner_wait"):  # async: waiting on the engines
+            generated = self.pipeline.next(self.step_num)
+            self.pipeline.enforce_staleness(generated, version, r.stale_policy)
         with timer("reward"):
-            rollout = self.score(prompts, samples)
-        if a.dynamic_sampling:
-            rollout = self.dynamic_sampling(rollout, spec)  # refills are timed as generate / reward
+            rollout = self.score(generated.prompts, generated.samples)
+        if a.dynamic_sampling:  # refills are timed as generate / reward
+            rollout = self.dynamic_sampling(rollout, self._step_spec(self.step_num))
         adv = compute_advantages(rollout.rewards, cfg.rollout.samples_per_prompt, estimator=a.adv_estimator,
                                  eps=a.adv_eps, neg_clamp=a.neg_adv_clamp)  # fmt: skip
         batch = self._learner_batch(rollout, adv)
@@ -119,9 +123,14 @@ class Trainer:
         self._require_finite(metrics["learner/loss"])
         with timer("wake", record=self.rollout.sleep_mode):
             self.rollout.wake_up()
+        if r.max_staleness > 0:
+            with timer("learner_wait"):
+                self.pipeline.drain()  # the engines take weights between whole generate calls
         with timer("sync"):
             self.weight_sync.push()
         metrics.update(self._rollout_metrics(rollout, adv))
+        metrics.update(self._pipeline_metrics(generated, rollout, version))
+        self.tracker.log_batch(self.step_num + 1, self._batch_record(rollout))
         metrics.update(timer.metrics())
         metrics["time/step_s"] = time.perf_counter() - t0
         metrics["time/other_s"] = metrics["time/step_s"] - sum(timer.durations.values())
@@ -171,7 +180,7 @@ class Trainer:
     def _learner_batch(self, rollout: Rollout, adv: torch.Tensor) -> LearnerBatch:
         flat = rollout.flat()
         return build_batch([s.prompt_ids for s in flat], [s.response_ids for s in flat], adv,
-                           behaviour_logp=[s.response_logp for s in flat],  # engine-vs-learner diagnostic only
+                           behaviour_logp=[s.response_logp for s in flat],  # log μ: behaviour_is, mismatch
                            pad_token_id=self.pad_id)  # fmt: skip
 
     def _require_finite(self, loss: float) -> None:
@@ -224,16 +233,18 @@ class Trainer:
         folder = checkpoint.step_dir(self.cfg.run_dir, self.step_num)
         self.learner.save_checkpoint(str(folder / "learner"), "model")
         state = {"step": self.step_num, "version": self.weight_sync.version, "sampler": self.sampler.state_dict(),
-                 "rng": checkpoint.rng_state()}  # fmt: skip
+                 "rng": checkpoint.rng_state(), "in_flight": self.pipeline.state_dict()}  # fmt: skip
         checkpoint.commit(self.cfg.run_dir, self.step_num, state, keep=self.cfg.trainer.keep_checkpoints)
 
     def _restore(self, folder) -> None:
         state = checkpoint.load_driver_state(folder)
         self.learner.load_checkpoint(str(folder / "learner"), "model")
         self.sampler.load_state_dict(state["sampler"])
+        self.pipeline.load_state_dict(state.get("in_flight", []))
         checkpoint.set_rng_state(state["rng"])
-        self.step_num, self.weight_sync.version = state["step"], state["version"]
-        self.weight_sync.push()  # the engines start from the base model: give them the checkpoint's weights first
+        # The engines start from the base model: give them the checkpoint's weights, as the version they had.
+        self.step_num, self.weight_sync.version = state["step"], state["version"] - 1
+        self.weight_sync.push()
         print(f"[grpo-lambda] resumed from {folder} at step {self.step_num}")
 
     def shutdown(self) -> None:
@@ -246,16 +257,40 @@ class Trainer:
             self.placement = None
 
     # -------------------------------------------------------------------------------------- helpers
+    def _step_spec(self, step: int, salt: str = "rollout") -> SamplingSpec:
+        """The sampling settings of step `step`'s batch: a resumed run draws the same seed."""
+        return self._spec(step_seed(self.cfg.trainer.seed, step, salt))
+
     def _spec(self, seed: int) -> SamplingSpec:
         r = self.cfg.rollout
         return SamplingSpec(n=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                             max_tokens=self.cfg.model.max_response_tokens, seed=seed)  # fmt: skip
 
+    def _pipeline_metrics(self, generated: Batch, rollout: Rollout, version: int) -> dict[str, float]:
+        """Staleness (learner version at the update − the samples' version, per group), the engines' generation
+        and idle seconds, and throughput."""
+        ages = staleness(rollout.samples, version)
+        tokens = sum(len(s.response_ids) for group in generated.samples for s in group)
+        gen_s = generated.timing["generate_s"]
+        return {
+            "rollout/staleness_mean": sum(ages) / len(ages),
+            "rollout/staleness_max": float(max(ages)),
+            "rollout/dropped_stale": float(generated.dropped_stale),
+            "rollout/generate_s": gen_s,  # the engines' own generation time (overlaps training when async)
+            "rollout/tokens_per_s": tokens / gen_s if gen_s > 0 else 0.0,
+            "time/engine_idle_s": generated.timing["idle_s"],
+        }
+
+    @staticmethod
+    def _batch_record(rollout: Rollout) -> dict[str, list]:
+        """What a step trained on, for batches.jsonl: prompt ids and each group's weights version."""
+        versions = [min(s.weights_version for s in group) for group in rollout.samples]
+        return {"prompt_ids": [p.id for p in rollout.prompts], "weights_versions": versions}
+
     def _rollout_metrics(self, rollout: Rollout, adv: torch.Tensor) -> dict[str, float]:
         flat = rollout.flat()
         lengths = torch.tensor([len(s.response_ids) for s in flat], dtype=torch.float32)
         rewards = rollout.rewards
-        gen_s = self.timer.durations.get("generate", 0.0)
         m = {
             "reward/mean": rewards.mean().item(),
             "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
@@ -264,7 +299,6 @@ class Trainer:
             "response/length_mean": lengths.mean().item(),
             "response/length_max": lengths.max().item(),
             "response/clip_frac": sum(s.finish_reason == "length" for s in flat) / len(flat),
-            "rollout/tokens_per_s": lengths.sum().item() / gen_s if gen_s > 0 else 0.0,
             "rollout/weights_version": float(self.weight_sync.version),
         }  # fmt: skip
         m.update(outcome_metrics(rollout.outcomes))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BEHAVIOUR_IS = ("none", "tis", "mis")  # off-policy correction by the engine's sampling log-probs (is_correction.py)
+# Off-policy correction by the engine's sampling log-probs (is_correction.py).
+BEHAVIOUR_IS = ("none", "tis", "mis")
 
 
 @dataclass

@@ -45,7 +45,7 @@ class LearnerBatch:
     old_logp: Tensor | None = None  # [B, T] float32, θ_old's log-probabilities of the response tokens
     ref_logp: Tensor | None = None  # [B, T] float32, the reference policy's
     behaviour_logp: Tensor | None = (
-        None  # [B, T] float32, the rollout engine's sampling log-probs (diagnostics only)
+        None  # [B, T] float32, the rollout engine's sampling log-probs log μ (algorithm.behaviour_is)
     )
 
     def __post_init__(self):

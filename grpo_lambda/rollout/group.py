@@ -2,6 +2,8 @@
 
     rollout = RolloutGroup(cfg, model_path, placement)      # cfg.rollout.num_workers engines, started and ready
     samples = rollout.generate(prompts, spec)              # [prompt][sample], spread over the engines
+    pending = rollout.submit(prompts, spec)                # the same, without waiting (rollout/pipeline.py) ...
+    samples, stats = rollout.collect(pending)              # ... and the engines' busy / idle seconds
     rollout.sleep(); ...; rollout.wake_up()                # colocated GPUs: free memory while the learner trains
 
 Each actor *is* a `VLLMEngine` (`EngineActor` only adds where it runs and a start-up report), so a remote call goes
@@ -11,6 +13,10 @@ straight to the adapter. Weight sync talks to `rollout.engines` through distribu
 from __future__ import annotations
 
 import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from grpo_lambda.config.schema import Config
 from grpo_lambda.data.templates import Prompt
@@ -27,7 +33,39 @@ _REPORTED_ENV = (
 
 
 class EngineActor(VLLMEngine):
-    """Ray face of VLLMEngine: where it runs and what it started with; all work is inherited."""
+    """Ray face of VLLMEngine: where it runs, what it started with, and how long it sat idle; all work is
+    inherited. Idle time is the time between calls that do work (generate, weight updates), reported with the
+    next `generate_timed`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._idle_since, self._idle_s = time.perf_counter(), 0.0
+
+    @contextmanager
+    def _busy(self):
+        start = time.perf_counter()
+        self._idle_s += start - self._idle_since
+        try:
+            yield start
+        finally:
+            self._idle_since = time.perf_counter()
+
+    def generate_timed(
+        self, prompt_ids: list[list[int]], spec: SamplingSpec
+    ) -> tuple[list[list[Sample]], dict]:
+        """`generate`, plus its seconds and the engine's idle seconds since the previous report."""
+        with self._busy() as start:
+            samples = self.generate(prompt_ids, spec)
+        idle, self._idle_s = self._idle_s, 0.0
+        return samples, {"generate_s": self._idle_since - start, "idle_s": idle}
+
+    def receive_weights(self, version: int) -> dict[str, int]:
+        with self._busy():
+            return super().receive_weights(version)
+
+    def load_weights(self, named_tensors, version: int) -> int:
+        with self._busy():
+            return super().load_weights(named_tensors, version)
 
     def ready(self) -> dict:
         """Returns once the engine is up: what a caller may want to log or check."""
@@ -44,6 +82,15 @@ class EngineActor(VLLMEngine):
         import ray
 
         return ray.get_runtime_context().get_node_id()
+
+
+@dataclass
+class PendingGeneration:
+    """A submitted `RolloutGroup.generate`: one Ray ref per engine that got prompts (engine w: prompts w, w+k, …)."""
+
+    refs: list[Any]
+    num_prompts: int
+    num_engines: int
 
 
 def _library_loaded(name: str) -> bool:
@@ -104,16 +151,39 @@ class RolloutGroup:
 
     def generate(self, prompts: list[Prompt], spec: SamplingSpec) -> list[list[Sample]]:
         """`spec.n` samples for each prompt, in prompt order; prompt i goes to engine i mod num_engines."""
-        import ray
+        return self.collect(self.submit(prompts, spec))[0]
 
+    def submit(self, prompts: list[Prompt], spec: SamplingSpec) -> PendingGeneration:
+        """Start `generate` without waiting. Each engine runs its calls in order, so a weight update submitted
+        later starts after this generation ends."""
         k = len(self.engines)
         shards = [prompts[i::k] for i in range(k)]
-        refs = [e.generate.remote([p.token_ids for p in s], spec) for e, s in zip(self.engines, shards) if s]
+        refs = [e.generate_timed.remote([p.token_ids for p in s], spec)
+                for e, s in zip(self.engines, shards) if s]  # fmt: skip
+        return PendingGeneration(refs, len(prompts), k)
+
+    def collect(self, pending: PendingGeneration) -> tuple[list[list[Sample]], dict[str, float]]:
+        """Wait for a submitted generation: its samples in prompt order, and the engines' timing:
+        `generate_s` (the slowest engine's generation seconds) and `idle_s` (mean idle seconds per engine since
+        its previous report)."""
+        import ray
+
         by_prompt: dict[int, list[Sample]] = {}
-        for w, out in enumerate(ray.get(refs)):
+        stats = ray.get(pending.refs)
+        for w, (out, _) in enumerate(stats):
             for j, group in enumerate(out):
-                by_prompt[w + j * k] = group
-        return [by_prompt[i] for i in range(len(prompts))]
+                by_prompt[w + j * pending.num_engines] = group
+        timing = {"generate_s": max(t["generate_s"] for _, t in stats),
+                  "idle_s": sum(t["idle_s"] for _, t in stats) / len(stats)}  # fmt: skip
+        return [by_prompt[i] for i in range(pending.num_prompts)], timing
+
+    def wait(self, pending: list[PendingGeneration]) -> None:
+        """Block until every given generation has finished (their results stay to be collected)."""
+        import ray
+
+        refs = [r for p in pending for r in p.refs]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), fetch_local=False)
 
     def sleep(self) -> None:
         """Free the engines' GPU memory (sleep_mode only: a no-op call is not made)."""

@@ -35,7 +35,8 @@ class Sample:
     """One sampled response. `response_logp[t]` = log μ(response_ids[t] | prompt, response_ids[:t]).
 
     `finish_reason` is "stop" (end-of-sequence token or a stop string; the token is included in
-    `response_ids`) or "length" (hit `max_tokens`).
+    `response_ids`) or "length" (hit `max_tokens`). `weights_version`: the engine's weights version that
+    produced it (weights change only between generate calls, so one version covers the whole response).
     """
 
     prompt_ids: list[int]
@@ -43,3 +44,4 @@ class Sample:
     response_logp: list[float]
     text: str
     finish_reason: str
+    weights_version: int = 0

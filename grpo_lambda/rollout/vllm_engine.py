@@ -182,7 +182,9 @@ class VLLMEngine:
         ]
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [_to_samples(list(ids), out) for ids, out in zip(prompt_ids, outputs, strict=True)]
+        return [
+            _to_samples(list(ids), out, self._version) for ids, out in zip(prompt_ids, outputs, strict=True)
+        ]
 
     # ---------------------------------------------------------------- weights
     def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> int:
@@ -293,7 +295,7 @@ class VLLMEngine:
             del self.llm
 
 
-def _to_samples(prompt_ids: list[int], request_output) -> list[Sample]:
+def _to_samples(prompt_ids: list[int], request_output, version: int) -> list[Sample]:
     samples = []
     for completion in sorted(request_output.outputs, key=lambda c: c.index):
         response_ids = list(completion.token_ids)
@@ -311,6 +313,7 @@ def _to_samples(prompt_ids: list[int], request_output) -> list[Sample]:
                 response_logp=response_logp,
                 text=completion.text,
                 finish_reason=str(completion.finish_reason),
+                weights_version=version,
             )
         )
     return samples
