@@ -12,6 +12,10 @@ Checks, each printed as one JSON line, exit status 1 if any fails:
             data: the cross-process exchange is tested on CPU by tests/unit/test_weight_sync.py)
   learner   one DeepSpeed ZeRO-2 learner step at world size 1 on the device with a tiny random Llama, then the
             weights streamed through the sync group (skipped when DeepSpeed is not importable)
+  step_w    the learner's share of a step of workload W (scripts/bench_step.py: 32 samples, ~40 prompt and up
+            to 128 response tokens, one AdamW step, bf16) on a random model of SmolLM2-135M's shape, timed
+            over 3 steps with and without learner.micro_batch_tokens: the `learn` input of
+            scripts/simulate_pipeline.py (on CPU a 2-layer model of the same width keeps the test short)
 The CPU run is part of the test suite (tests/integration/test_device_check.py, with Ray and vLLM blocked), so this script does not rot between the
 rare sessions that have a GPU.
 """
@@ -157,6 +161,65 @@ def check_learner(device: torch.device) -> None:
            sent=sent)  # fmt: skip
 
 
+def check_step_w(device: torch.device) -> None:
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as e:
+        report("step_w", True, skipped=f"DeepSpeed not importable: {e}")
+        return
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from grpo_lambda.config.schema import AlgorithmConfig, Config, LearnerConfig, ModelConfig
+    from grpo_lambda.learner import LearnerWorker, build_batch, mini_batch_counts
+    from grpo_lambda.learner.token_budget import plan_micro_batches
+
+    on_gpu = device.type == "cuda"
+    shape = dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+    )  # SmolLM2-135M
+    folder = tempfile.mkdtemp() + "/w_model"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(num_hidden_layers=30 if on_gpu else 2, **shape)).save_pretrained(folder)
+    g = torch.Generator().manual_seed(3)
+    prompts = [
+        torch.randint(3, 49000, (int(n),), generator=g).tolist()
+        for n in torch.randint(36, 44, (32,), generator=g)
+    ]
+    lengths = torch.randint(20, 129, (32,), generator=g)
+    responses = [torch.randint(3, 49000, (int(n),), generator=g).tolist() for n in lengths]
+    batch = build_batch(prompts, responses, torch.randn(32, generator=g))
+    out = {}
+    for label, budget in (("padded", None), ("tokens_1024", 1024)):
+        cfg = Config(model=ModelConfig(path=folder, dtype="bfloat16", max_response_tokens=128),
+                     algorithm=AlgorithmConfig(kl_coef=0.0),
+                     learner=LearnerConfig(world_size=1, zero_stage=2, lr=1e-6, mini_batch_samples=32,
+                                           micro_batch_samples=8, micro_batch_tokens=budget))  # fmt: skip
+        worker = LearnerWorker(rank=0, world_size=1)
+        worker.init(folder, cfg)
+        plans = None if budget is None else [plan_micro_batches([batch], budget)[0]]  # one mini-batch
+        times = []
+        for _ in range(3):
+            if on_gpu:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            metrics = worker.train_step(batch, mini_batch_samples=32, micro_batch_samples=8,
+                                        counts=mini_batch_counts(batch, 32), micro_plans=plans)  # fmt: skip
+            if on_gpu:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        out[label] = {"step_s": [round(t, 3) for t in times], "loss": metrics["learner/loss"],
+                      "padding_frac": round(metrics["learner/padding_frac"], 3)}  # fmt: skip
+        del worker
+    ok = all(torch.isfinite(torch.tensor(v["loss"])) for v in out.values())
+    report("step_w", ok, layers=30 if on_gpu else 2, tokens=int(lengths.sum()), **out)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -168,7 +231,9 @@ def main() -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
     report("env", True, **env)
-    checks = [check_trace, check_loss, check_sync] + ([] if args.skip_learner else [check_learner])
+    checks = [check_trace, check_loss, check_sync] + (
+        [] if args.skip_learner else [check_learner, check_step_w]
+    )
     for check in checks:
         try:
             check(device)

@@ -29,6 +29,6 @@ def test_device_check_passes_on_cpu_without_ray_or_vllm():
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert done.returncode == 0 and rows and rows[-1]["summary"] == "OK", (done.stdout + done.stderr)[-4000:]
     checks = {r["check"] for r in rows if "check" in r}
-    assert {"trace", "loss", "loss_lambda0_is_grpo", "sync", "learner"} <= checks
+    assert {"trace", "loss", "loss_lambda0_is_grpo", "sync", "learner", "step_w"} <= checks
     learner = next(r for r in rows if r.get("check") == "learner")
     assert "skipped" not in learner and learner["sent"]["tensors"] > 0
