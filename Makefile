@@ -13,7 +13,7 @@ EXTRAS ?= cpu,lora,dev
 # Extra pip arguments, e.g. an index that serves torch 2.13.0+cpu where no local CPU wheel exists.
 PIP_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration lint bench clean-venv
+.PHONY: install demo test test-unit test-integration lint bench bench-trl-venv clean-venv
 
 install: $(STAMP)
 
@@ -57,6 +57,22 @@ lint: install
 
 bench: install
 	$(PY) scripts/bench_trace.py
+
+# A separate venv for TRL's GRPOTrainer (scripts/bench_trl.py, the side-by-side step-time benchmark): TRL's pins
+# need not agree with ours. torch==$(TORCH_VERSION) is repeated on the trl line so pip cannot swap the CPU build for
+# a CUDA one while resolving transformers/accelerate/datasets. Idempotent via its stamp.
+TRL_VENV    ?= .venv-trl
+TRL_VERSION ?= 1.16.0
+TRL_PY      := $(TRL_VENV)/bin/python
+TRL_STAMP   := $(TRL_VENV)/.installed
+bench-trl-venv: $(TRL_STAMP)
+$(TRL_STAMP): Makefile
+	test -x $(TRL_PY) || python3 -m venv $(TRL_VENV)
+	$(TRL_PY) -m pip install -q --upgrade pip
+	$(TRL_PY) -m pip install -q $(FIND_LINKS) $(PIP_ARGS) torch==$(TORCH_VERSION)
+	$(TRL_PY) -m pip install -q $(FIND_LINKS) $(PIP_ARGS) torch==$(TORCH_VERSION) trl==$(TRL_VERSION)
+	$(TRL_PY) -c "import torch, trl, transformers, accelerate; print('torch', torch.__version__, '| trl', trl.__version__, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__)"
+	touch $(TRL_STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
