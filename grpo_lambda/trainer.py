@@ -85,9 +85,7 @@ class Trainer:
         self.rollout = RolloutGroup(cfg, self.model_path, self.placement["rollout"], gpus)
         self.learner = LearnerGroup(cfg, self.model_path, placement=self.placement["learner"])
         self.weight_sync = WeightSync(cfg, self.learner, self.rollout, gpus)
-        self.pipeline = RolloutPipeline(
-            self.rollout, self.sampler, self._step_spec, cfg.rollout.max_staleness
-        )
+        self.pipeline = RolloutPipeline(self.rollout, self.sampler, self._step_spec, cfg.max_staleness)
         self.step_num = 0
         resume_from = checkpoint.find_resume(cfg.run_dir, cfg.trainer.resume)
         if resume_from is not None:
@@ -100,7 +98,7 @@ class Trainer:
         timer.reset()
         t0 = time.perf_counter()
         version = self.weight_sync.version  # the learner's weights at this update (one push per update)
-        with timer("generate" if r.max_staleness == 0 else "learner_wait"):  # async: waiting on the engines
+        with timer("generate" if self.pipeline.k == 0 else "learner_wait"):  # async: waiting on the engines
             generated = self.pipeline.next(self.step_num)
             self.pipeline.enforce_staleness(generated, version, r.stale_policy)
         with timer("reward"):
@@ -123,7 +121,7 @@ class Trainer:
         self._require_finite(metrics["learner/loss"])
         with timer("wake", record=self.rollout.sleep_mode):
             self.rollout.wake_up()
-        if r.max_staleness > 0:
+        if self.pipeline.k > 0:
             with timer("learner_wait"):
                 self.pipeline.drain()  # the engines take weights between whole generate calls
         with timer("sync"):

@@ -1,7 +1,7 @@
 """Seconds per training step on workload W: this project in three modes and TRL's GRPOTrainer, side by side.
 
     make bench-trl-venv                      # once: TRL 1.16 in its own venv (.venv-trl)
-    .venv/bin/python scripts/bench_step.py [--steps 6] [--modes sync_padded,sync_tokens,async_k1,trl_tuned,trl_shipped]
+    .venv/bin/python scripts/bench_step.py [--steps 6] [--modes sync_padded,...,trl_shipped]
         [--out runs/bench_step.json]
 
 W (issue #10): SmolLM2-135M-Instruct from the local folder; 8 chat prompts "What is a + b? Put your final answer in
@@ -12,7 +12,8 @@ the machine's 2 cores. Steady state: the first step is dropped, the median of th
 Modes, each in a fresh process, one after another (nothing else should run meanwhile):
 - `sync_padded`: generate → reward → update → sync in turn, padded micro-batches of 8 samples (the old default);
 - `sync_tokens`: the same with length-aware micro-batches, `learner.micro_batch_tokens=1024`;
-- `async_k1`: `rollout.max_staleness=1` (batch s+1 generates while step s trains) with micro_batch_tokens;
+- `sync_packed`: the same with group packing, `learner.pack_groups=true` (a prompt and its G responses in one row);
+- `async_k1`: `rollout.max_staleness=1` (batch s+1 generates while step s trains) with the packed learner;
 - `trl_shipped` / `trl_tuned`: scripts/bench_trl.py in .venv-trl (as shipped: gradient checkpointing on, no
   tcmalloc; tuned: tcmalloc preloaded, checkpointing off).
 Prints a table (median s/step, each mode's ratio to TRL tuned, our phase medians) and writes every step's time to
@@ -47,7 +48,8 @@ W_OVERRIDES = [
 OURS = {
     "sync_padded": ["rollout.max_staleness=0", "learner.micro_batch_tokens=null"],
     "sync_tokens": ["rollout.max_staleness=0", "learner.micro_batch_tokens=1024"],
-    "async_k1": ["rollout.max_staleness=1", "learner.micro_batch_tokens=1024"],
+    "sync_packed": ["rollout.max_staleness=0", "learner.micro_batch_tokens=1024", "learner.pack_groups=true"],
+    "async_k1": ["rollout.max_staleness=1", "learner.micro_batch_tokens=1024", "learner.pack_groups=true"],
 }
 PHASES = ("generate", "learner_wait", "reward", "old_logp", "update", "sync", "other")
 
@@ -62,9 +64,9 @@ def write_prompts(folder: Path) -> Path:
     return path
 
 
-def run_ours(mode: str, steps: int, work: Path, data: Path) -> dict:
+def run_ours(mode: str, steps: int, work: Path, data: Path, extra: list[str]) -> dict:
     out_dir = work / mode
-    cmd = [sys.executable, "-m", "grpo_lambda.train", *W_OVERRIDES, *OURS[mode], f"data.train_files=[{data}]",
+    cmd = [sys.executable, "-m", "grpo_lambda.train", *W_OVERRIDES, *OURS[mode], *extra, f"data.train_files=[{data}]",
            f"trainer.total_steps={steps}", f"trainer.output_dir={out_dir}", f"trainer.run_name={mode}"]  # fmt: skip
     log = work / f"{mode}.log"
     t0 = time.perf_counter()
@@ -76,7 +78,7 @@ def run_ours(mode: str, steps: int, work: Path, data: Path) -> dict:
     steady = rows[1:]
     phases = {p: statistics.median(r.get(f"time/{p}_s") or 0.0 for r in steady) for p in PHASES}
     return {
-        "framework": "grpo_lambda", "mode": mode, "overrides": [*W_OVERRIDES, *OURS[mode]],
+        "framework": "grpo_lambda", "mode": mode, "overrides": [*W_OVERRIDES, *OURS[mode], *extra],
         "step_s": [r["time/step_s"] for r in rows], "median_s": statistics.median(r["time/step_s"] for r in steady),
         "phases_median_s": phases, "wall_s": time.perf_counter() - t0,
         "engine_generate_s": statistics.median(r["rollout/generate_s"] for r in steady),
@@ -123,8 +125,9 @@ def table(results: dict[str, dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=6, help="steps per mode (the first is dropped)")
-    p.add_argument("--modes", default="sync_padded,sync_tokens,async_k1,trl_tuned,trl_shipped")
+    p.add_argument("--modes", default="sync_padded,sync_tokens,sync_packed,async_k1,trl_tuned,trl_shipped")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_step.json"))
+    p.add_argument("--override", action="append", default=[], help="extra Hydra override for our modes")
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_step"), help="run folders and logs")
     args = p.parse_args()
 
@@ -139,7 +142,7 @@ def main() -> None:
     for mode in args.modes.split(","):
         print(f"[bench_step] {mode} ...", flush=True)
         results[mode] = run_trl(mode, args.steps, work, model) if mode.startswith("trl") else \
-            run_ours(mode, args.steps, work, data)  # fmt: skip
+            run_ours(mode, args.steps, work, data, args.override)  # fmt: skip
         print(f"[bench_step] {mode}: median {results[mode]['median_s']:.2f} s/step", flush=True)
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "processor": platform.processor()}, "steps": args.steps, "results": results}  # fmt: skip

@@ -31,6 +31,7 @@ MISSING = "???"  # OmegaConf's marker of a required value (omegaconf.MISSING)
 # Names users write for values that have no code registry (those that do come from their registries: see
 # validation.py). Components import these from here.
 MODEL_DTYPES = ("float32", "bfloat16")
+ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")
 ROLLOUT_DTYPES = ("auto", "float32", "bfloat16", "float16")
 ROLLOUT_ENGINES = ("vllm",)
 STALE_POLICIES = ("drop", "wait")
@@ -87,6 +88,9 @@ class ModelConfig:
     max_response_tokens: int = 1024
     lora: LoraConfig = field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
+    attn_implementation: str = (
+        "auto"  # learner attention: auto (see learner/model.py) | eager | sdpa | flash_attention_2
+    )
     use_chat_template: bool = True
 
 
@@ -108,7 +112,10 @@ class RolloutConfig:
     sync_bucket_mb: float = 256.0  # broadcast bucket size
     sync_check: bool = False  # after each weight sync, read the engines' weights back and require equality
     sync_timeout_s: float = 300.0
-    max_staleness: int = 0  # k: 0 = synchronous; k >= 1: the engines generate k batches ahead of the learner
+    max_staleness: int | None = (
+        None  # k: 0 = synchronous; k >= 1: the engines generate k batches ahead of the learner;
+    )
+    # null = by placement: 1 in split placement (overlap pays there), 0 colocated (docs/performance.md)
     stale_policy: str = "drop"  # a group older than k versions: drop (replace it) | wait (regenerate it now)
 
     def engine_dtype(self, model_dtype: str) -> str:
@@ -134,6 +141,7 @@ class LearnerConfig:
         None  # instead: a budget of positions per forward on one rank, rows grouped by
     )
     # length (learner/token_budget.py), for training and the log-prob passes; null = micro_batch_samples
+    pack_groups: bool = False  # one row per prompt: the prompt once, then its responses (learner/packing.py)
     logp_micro_batch_samples: int | None = (
         None  # responses per log-prob-only forward; null = micro_batch_samples
     )
@@ -263,6 +271,12 @@ class Config:
     def grad_accum_steps(self) -> int:
         """Micro-batches per rank per optimiser step."""
         return self.learner.mini_batch_samples // (self.learner.micro_batch_samples * self.learner.world_size)
+
+    @property
+    def max_staleness(self) -> int:
+        """`rollout.max_staleness`, with null resolved by `cluster.placement`: split 1, colocated 0."""
+        k = self.rollout.max_staleness
+        return k if k is not None else int(self.cluster.placement == "split")
 
     @property
     def run_dir(self) -> Path:

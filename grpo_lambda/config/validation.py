@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .schema import (
+    ATTN_IMPLEMENTATIONS,
     DATA_DIR_ENV,
     DATA_SOURCES,
     LEARNER_BACKENDS,
@@ -140,6 +141,7 @@ def _model(c: _Checker, m: ModelConfig, check_files: bool) -> None:
     from grpo_lambda.models.registry import MODEL_NAMES
 
     c.choice("model.dtype", m.dtype, MODEL_DTYPES)
+    c.choice("model.attn_implementation", m.attn_implementation, ATTN_IMPLEMENTATIONS)
     c.check(
         bool(m.path), "model.path", m.path, "must be a local HF folder or one of " + ", ".join(MODEL_NAMES)
     )
@@ -195,7 +197,8 @@ def _rollout(c: _Checker, cfg: Config) -> None:
     c.check(r.sync_timeout_s > 0, "rollout.sync_timeout_s", r.sync_timeout_s, "must be > 0")
     c.choice("rollout.weight_sync", r.weight_sync, WEIGHT_SYNCS)
     c.choice("rollout.sync_backend", r.sync_backend, SYNC_BACKENDS)
-    c.check(r.max_staleness >= 0, "rollout.max_staleness", r.max_staleness, "must be >= 0 (0 = synchronous)")
+    c.check(r.max_staleness is None or r.max_staleness >= 0, "rollout.max_staleness", r.max_staleness,
+            "must be >= 0 (0 = synchronous) or null (by placement)")  # fmt: skip
     c.choice("rollout.stale_policy", r.stale_policy, STALE_POLICIES)
     c.check(r.sync_bucket_mb > 0, "rollout.sync_bucket_mb", r.sync_bucket_mb, "must be > 0")
     if r.sync_backend == "nccl" and cfg.cluster.num_gpus == 0:
@@ -219,6 +222,9 @@ def _learner(c: _Checker, cfg: Config) -> None:
     c.choice("learner.optimizer", lr.optimizer, OPTIMIZERS)
     c.choice("learner.lr_schedule", lr.lr_schedule, LR_SCHEDULES)
     c.check(lr.warmup_steps >= 0, "learner.warmup_steps", lr.warmup_steps, "must be >= 0")
+    if lr.pack_groups and cfg.model.attn_implementation == "flash_attention_2":
+        c.fail("learner.pack_groups needs an attention that takes a custom mask: model.attn_implementation=auto, "
+               "eager or sdpa (flash_attention_2 has no packed path yet)")  # fmt: skip
     if lr.warmup_steps > 0 and lr.lr_schedule != "linear_warmup":
         c.fail(f"learner.warmup_steps={lr.warmup_steps} needs learner.lr_schedule=linear_warmup")
     c.check(

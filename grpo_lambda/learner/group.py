@@ -104,7 +104,11 @@ class LearnerGroup:
         padded, _ = pad_rows(batch, self.world_size)
         shards = split_batch(padded, len(padded) // self.world_size, what="rows per rank")
         budget = self.cfg.learner.micro_batch_tokens
-        plans = plan_micro_batches(shards, budget) if budget else [None] * self.world_size
+        plans = (
+            plan_micro_batches(shards, budget, self.cfg.learner.pack_groups)
+            if budget
+            else [None] * self.world_size
+        )
         parts = self.group.call_each("compute_logp", [(s,) for s in shards], [{"plan": p} for p in plans],
                                      reference=reference)  # fmt: skip
         return torch.cat(parts)[: len(batch)]
@@ -125,7 +129,8 @@ class LearnerGroup:
                 for s in shards
             ]
             per_mini = [
-                plan_micro_batches(rank_rows, learner.micro_batch_tokens) for rank_rows in zip(*minis)
+                plan_micro_batches(rank_rows, learner.micro_batch_tokens, learner.pack_groups)
+                for rank_rows in zip(*minis)
             ]
             kwargs = [{"micro_plans": [plans[r] for plans in per_mini]} for r in range(self.world_size)]
         per_rank = self.group.call_each("train_step", [(shard,) for shard in shards], kwargs, mini_batch_samples=mini,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .batch import LearnerBatch
+from .packing import prompt_groups
 
 Plan = list[list[int]]  # one rank's micro-batches: row indices into its mini-batch shard
 
@@ -51,6 +52,24 @@ def plan_rank(prompt_lens: Sequence[int], response_lens: Sequence[int], budget: 
     return plan
 
 
+def plan_rank_packed(prompt_lens: Sequence[int], response_lens: Sequence[int], groups: Sequence[Sequence[int]],
+                     budget: int) -> Plan:  # fmt: skip
+    """`plan_rank` for group-packed rows (`learner.pack_groups`, packing.py): the units are prompt groups (one packed
+    row of prompt + every response), longest first, so a micro-batch costs units × longest unit."""
+    size = [prompt_lens[g[0]] + max(sum(response_lens[i] for i in g), 1) for g in groups]
+    order = sorted(range(len(groups)), key=lambda u: size[u], reverse=True)
+    plan: Plan = []
+    current: list[int] = []  # unit indices
+    for u in order:
+        if current and (len(current) + 1) * max(size[v] for v in [*current, u]) > budget:
+            plan.append([i for v in current for i in groups[v]])
+            current = []
+        current.append(u)
+    if current:
+        plan.append([i for v in current for i in groups[v]])
+    return plan
+
+
 def equalize(plans: list[Plan]) -> list[Plan]:
     """Split the largest micro-batches of the ranks that have fewer, until every rank has as many as the most."""
     target = max(len(p) for p in plans)
@@ -64,8 +83,11 @@ def equalize(plans: list[Plan]) -> list[Plan]:
     return plans
 
 
-def plan_micro_batches(shards: Sequence[LearnerBatch], budget: int) -> list[Plan]:
-    """One plan per rank for its shard of one mini-batch (or of a log-prob pass), with equal micro-batch counts."""
+def plan_micro_batches(shards: Sequence[LearnerBatch], budget: int, packed: bool = False) -> list[Plan]:
+    """One plan per rank for its shard of one mini-batch (or of a log-prob pass), with equal micro-batch counts;
+    `packed`: the rows of one prompt stay together (learner.pack_groups)."""
     if budget < 1:
         raise ValueError(f"micro_batch_tokens={budget} must be >= 1")
+    if packed:
+        return equalize([plan_rank_packed(*row_lengths(s), prompt_groups(s), budget) for s in shards])
     return equalize([plan_rank(*row_lengths(shard), budget) for shard in shards])

@@ -39,7 +39,8 @@ from .deepspeed_setup import (
     set_batch_sizes,
 )
 from .metrics import TokenWeighted
-from .model import load_causal_lm, response_logp
+from .model import attention_implementation, load_causal_lm, response_logp
+from .packing import packed_positions
 from .token_budget import Plan
 from .weights import full_named_tensors, tied_lm_head
 
@@ -80,12 +81,14 @@ class LearnerWorker:
 
             # from_pretrained then builds the model under deepspeed.zero.Init: partitioned as it loads.
             self._hf_ds_config = HfDeepSpeedConfig(build_ds_config(learner, model_cfg.dtype, self.world_size))
+        attn = attention_implementation(model_cfg.attn_implementation, self.device.type == "cuda",
+                                        model_cfg.max_prompt_tokens + model_cfg.max_response_tokens)  # fmt: skip
         model = load_causal_lm(model_path, dtype=model_cfg.dtype, gradient_checkpointing=model_cfg.gradient_checkpointing,
-                               lora=model_cfg.lora)  # fmt: skip
+                               lora=model_cfg.lora, attn_implementation=attn)  # fmt: skip
         self.engine = initialize_engine(model, learner, model_cfg.dtype, self.world_size)
         reference = cfg.algorithm.kl_coef > 0
         if reference:
-            ref = load_causal_lm(model_path, dtype=model_cfg.dtype, trainable=False)
+            ref = load_causal_lm(model_path, dtype=model_cfg.dtype, trainable=False, attn_implementation=attn)
             if learner.zero_stage == 3:
                 self.ref = initialize_inference_engine(ref, learner, model_cfg.dtype, self.world_size)
             else:
@@ -148,7 +151,8 @@ class LearnerWorker:
         out = torch.zeros(len(batch), batch.response_len, dtype=torch.float32)
         for rows in plan:
             mb = batch.select(rows).compact().to(self.device)
-            logp, _ = response_logp(model, mb, temperature=self.cfg.rollout.temperature)
+            logp, _ = response_logp(model, mb, temperature=self.cfg.rollout.temperature,
+                                    packed=self.cfg.learner.pack_groups)  # fmt: skip
             out[rows] = pad_response_dim(logp.float().cpu(), batch.response_len)
         return out
 
@@ -175,6 +179,7 @@ class LearnerWorker:
         self._require_init()
         t0 = time.perf_counter()
         loss_cfg, epochs = self.cfg.algorithm, self.cfg.learner.epochs_per_batch
+        packed = self.cfg.learner.pack_groups
         minis = split_batch(
             shard, mini_batch_samples // self.world_size, what="mini_batch_samples / world_size"
         )
@@ -212,8 +217,10 @@ class LearnerWorker:
                 else:  # variable micro-batch sizes: the boundary is ours to say
                     self.engine.set_gradient_accumulation_boundary(last)
                 mb = mb.compact().to(self.device)
-                positions += mb.input_ids.numel()
-                real_positions += int(mb.attention_mask.sum())
+                computed, real = (
+                    packed_positions(mb) if packed else (mb.input_ids.numel(), int(mb.attention_mask.sum()))
+                )
+                positions, real_positions = positions + computed, real_positions + real
                 loss, metrics, logp = self._loss(mb, count)
                 if update_index == 0 and mb.behaviour_logp is not None:
                     diag = behaviour_mismatch(logp, mb.behaviour_logp, mb.response_mask)
@@ -249,9 +256,8 @@ class LearnerWorker:
         """This micro-batch's share of its mini-batch's loss (forward pass), the loss metrics and log π_θ."""
         loss_cfg = self.cfg.algorithm
         entropy_mode = "grad" if loss_cfg.entropy_coef != 0 else "metric"
-        logp, entropy = response_logp(
-            self.engine, mb, temperature=self.cfg.rollout.temperature, entropy=entropy_mode
-        )
+        logp, entropy = response_logp(self.engine, mb, temperature=self.cfg.rollout.temperature,
+                                      entropy=entropy_mode, packed=self.cfg.learner.pack_groups)  # fmt: skip
         old_logp = mb.old_logp if mb.old_logp is not None else logp.detach()
         loss, metrics = grpo_lambda_loss(
             logp,

@@ -35,16 +35,16 @@ def run_config(model_dir, dtype: str, loss: AlgorithmConfig, **learner) -> Confi
                   learner=LearnerConfig(**{"world_size": 2, **learner}))  # fmt: skip
 
 
-def make_batch(n: int = 8, seed: int = 0):
-    """n samples with prompts of 2-6 and responses of 1-12 tokens (uneven, so padding and compaction matter)."""
+def make_batch(n: int = 8, seed: int = 0, group: int = 1):
+    """n samples with prompts of 2-6 and responses of 1-12 tokens (uneven, so padding and compaction matter);
+    `group` consecutive samples share a prompt (as the G samples of a GRPO group do)."""
     g = torch.Generator().manual_seed(seed)
 
     def ids(lo, hi):
         return torch.randint(3, 256, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()
 
-    return build_batch(
-        [ids(2, 7) for _ in range(n)], [ids(1, 13) for _ in range(n)], torch.randn(n, generator=g)
-    )
+    prompts = [p for p in (ids(2, 7) for _ in range(n // group)) for _ in range(group)]
+    return build_batch(prompts, [ids(1, 13) for _ in range(n)], torch.randn(n, generator=g))
 
 
 def with_ref_logp(batch, model_dir, seed: int = 0):
@@ -105,6 +105,8 @@ INVARIANCE_CASES = [
     ),
     (2, dict(loss_agg="token-mean"), dict(micro_batch_tokens=30)),
     (3, dict(loss_agg="seq-mean-token-sum-norm"), dict(micro_batch_tokens=24)),
+    # group packing: each rank's two prompt groups of 2 are packed rows (prompt once, both responses after it)
+    (2, dict(loss_agg="token-mean", trace_anchor="horizon"), dict(micro_batch_tokens=40, pack_groups=True)),
 ]
 
 
@@ -120,7 +122,7 @@ def test_two_ranks_two_micro_batches_equal_the_full_batch_gradient(
     model_dir = str(tiny_model_dir)
 
     loss_cfg = AlgorithmConfig(kl_coef=0.1, **loss)
-    batch = with_ref_logp(make_batch(8), model_dir)
+    batch = with_ref_logp(make_batch(8, group=2 if learner.get("pack_groups") else 1), model_dir)
     ref_weights, ref_grads, ref_norm, ref_loss = reference_step(model_dir, batch, loss_cfg)
 
     # 8 samples = 2 ranks x 2 micro-batches x 2 samples: DeepSpeed GAS = 2

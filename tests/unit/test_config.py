@@ -466,3 +466,18 @@ def test_token_budget_replaces_the_micro_batch_count_rule(base):
         ConfigError, match=r"learner.world_size=3 must divide learner.mini_batch_samples=64 \(rows"
     ):
         validate(with_value(with_value(base, "learner.micro_batch_tokens", 512), "learner.world_size", 3))
+
+
+@pytest.mark.parametrize(
+    "overrides, k",
+    [([], 0), (["cluster.placement=split"], 1), (["cluster.placement=split", "rollout.max_staleness=0"], 0),
+     (["rollout.max_staleness=2"], 2)],
+)  # fmt: skip
+def test_max_staleness_defaults_by_placement(overrides, k):
+    """null = 1 in split placement (generation overlaps training), 0 colocated (nothing to overlap with)."""
+    assert load_config(["experiment=cpu_tiny_test", *overrides]).max_staleness == k
+
+
+def test_negative_max_staleness_is_rejected_by_name():
+    with pytest.raises(ConfigError, match="rollout.max_staleness"):
+        load_config(["experiment=cpu_tiny_test", "rollout.max_staleness=-1"])
