@@ -13,7 +13,7 @@ EXTRAS ?= cpu,lora,dev
 # Extra pip arguments, e.g. an index that serves torch 2.13.0+cpu where no local CPU wheel exists.
 PIP_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration lint bench bench-trl-venv clean-venv
+.PHONY: install demo test test-unit test-integration lint bench bench-step bench-trl-venv clean-venv
 
 install: $(STAMP)
 
@@ -57,6 +57,11 @@ lint: install
 
 bench: install
 	$(PY) scripts/bench_trace.py
+
+# Seconds per step on workload W, ours (4 modes) and TRL's (2 modes), one after another: ~25 min on 2 cores
+# (docs/performance.md). Nothing else should run meanwhile.
+bench-step: install bench-trl-venv
+	$(PY) scripts/bench_step.py
 
 # A separate venv for TRL's GRPOTrainer (scripts/bench_trl.py, the side-by-side step-time benchmark): TRL's pins
 # need not agree with ours. torch==$(TORCH_VERSION) is repeated on the trl line so pip cannot swap the CPU build for

@@ -85,7 +85,9 @@ class Trainer:
         self.rollout = RolloutGroup(cfg, self.model_path, self.placement["rollout"], gpus)
         self.learner = LearnerGroup(cfg, self.model_path, placement=self.placement["learner"])
         self.weight_sync = WeightSync(cfg, self.learner, self.rollout, gpus)
-        self.pipeline = RolloutPipeline(self.rollout, self.sampler, self._step_spec, cfg.max_staleness)
+        self.pipeline = RolloutPipeline(
+            self.rollout, self.sampler, self._step_spec, cfg.max_staleness_for(gpus)
+        )
         self.step_num = 0
         resume_from = checkpoint.find_resume(cfg.run_dir, cfg.trainer.resume)
         if resume_from is not None:

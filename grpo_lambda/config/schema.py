@@ -115,7 +115,7 @@ class RolloutConfig:
     max_staleness: int | None = (
         None  # k: 0 = synchronous; k >= 1: the engines generate k batches ahead of the learner;
     )
-    # null = by placement: 1 in split placement (overlap pays there), 0 colocated (docs/performance.md)
+    # null = where the run lands: 0 on colocated GPUs, 1 on split GPUs and CPUs (docs/performance.md)
     stale_policy: str = "drop"  # a group older than k versions: drop (replace it) | wait (regenerate it now)
 
     def engine_dtype(self, model_dtype: str) -> str:
@@ -272,11 +272,14 @@ class Config:
         """Micro-batches per rank per optimiser step."""
         return self.learner.mini_batch_samples // (self.learner.micro_batch_samples * self.learner.world_size)
 
-    @property
-    def max_staleness(self) -> int:
-        """`rollout.max_staleness`, with null resolved by `cluster.placement`: split 1, colocated 0."""
+    def max_staleness_for(self, gpus: float) -> int:
+        """`rollout.max_staleness`, with null resolved where the run lands: 0 on colocated GPUs (the engines sleep
+        while the learner trains: nothing to overlap), 1 on split GPUs and on CPUs (measured in
+        docs/performance.md: generation hides behind the update)."""
         k = self.rollout.max_staleness
-        return k if k is not None else int(self.cluster.placement == "split")
+        if k is not None:
+            return k
+        return 0 if gpus > 0 and self.cluster.placement == "colocated" else 1
 
     @property
     def run_dir(self) -> Path:

@@ -126,9 +126,12 @@ class RolloutGroup:
 
         r, env = cfg.rollout, dict(cfg.cluster.env_vars)
         if gpus == 0 and not cfg.cluster.address:
-            # Rollout and learning take turns on a local CPU machine: the engine may use every core while it runs
-            # (Ray would otherwise pin it to OMP_NUM_THREADS=1, its 1-CPU reservation).
-            env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+            # A local CPU machine. Synchronous: rollout and learning take turns, so the engine may use every core
+            # while it runs. Asynchronous: they run at once, and an engine with every core's OpenMP threads beside
+            # the learner's slows both (measured: 22.5 s/step against 15.5 with one thread, docs/performance.md):
+            # it keeps its 1-CPU reservation's single thread.
+            threads = (os.cpu_count() or 1) if cfg.max_staleness_for(gpus) == 0 else 1
+            env.setdefault("OMP_NUM_THREADS", str(threads))
         # Colocated GPUs: the engine frees its memory while the learner trains on the same device.
         self.sleep_mode = cfg.cluster.placement == "colocated" and gpus > 0
         actor_cls = engine_actor_cls(num_cpus=1, num_gpus=gpus, extra_env=env)

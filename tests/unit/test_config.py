@@ -469,13 +469,14 @@ def test_token_budget_replaces_the_micro_batch_count_rule(base):
 
 
 @pytest.mark.parametrize(
-    "overrides, k",
-    [([], 0), (["cluster.placement=split"], 1), (["cluster.placement=split", "rollout.max_staleness=0"], 0),
-     (["rollout.max_staleness=2"], 2)],
+    "overrides, gpus, k",
+    [([], 0, 1), ([], 8, 0), (["cluster.placement=split"], 8, 1), (["rollout.max_staleness=0"], 0, 0),
+     (["rollout.max_staleness=2"], 8, 2)],
 )  # fmt: skip
-def test_max_staleness_defaults_by_placement(overrides, k):
-    """null = 1 in split placement (generation overlaps training), 0 colocated (nothing to overlap with)."""
-    assert load_config(["experiment=cpu_tiny_test", *overrides]).max_staleness == k
+def test_max_staleness_defaults_by_where_the_run_lands(overrides, gpus, k):
+    """null = 0 on colocated GPUs (engines sleep while the learner trains), 1 on split GPUs and CPUs."""
+    cfg = load_config(["experiment=cpu_tiny_test", "rollout.max_staleness=null", *overrides])
+    assert cfg.max_staleness_for(gpus) == k
 
 
 def test_negative_max_staleness_is_rejected_by_name():
