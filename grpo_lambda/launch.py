@@ -34,19 +34,21 @@ def init_ray(cfg: Config) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def place(cfg: Config, gpus: float) -> dict:
+def place(cfg: Config, gpus: float, roles: tuple[str, ...] = ("learner", "rollout")) -> dict:
     """Placement groups for the learner ranks and rollout engines: `colocated` shares bundles (and, on GPUs,
     each device: half a GPU per role, the engine sleeping while the learner trains) or `split` (one group per
-    role). Returns role name -> RolePlacement."""
+    role). `roles=("rollout",)` places the engines alone (evaluation). Returns role name -> RolePlacement."""
     from grpo_lambda.distributed.placement import RoleSpec, place_roles
 
-    colocate = cfg.cluster.placement == "colocated"
+    colocate = cfg.cluster.placement == "colocated" and len(roles) > 1
     share = 0.5 if colocate else 1.0
-    roles = [
-        RoleSpec("learner", cfg.learner.world_size, cfg.learner.num_cpus_per_rank, gpus * share),
-        RoleSpec("rollout", cfg.rollout.num_workers, 1.0, gpus * share * cfg.rollout.tensor_parallel_size),
-    ]
-    return place_roles(roles, colocate=colocate)
+    specs = {
+        "learner": RoleSpec("learner", cfg.learner.world_size, cfg.learner.num_cpus_per_rank, gpus * share),
+        "rollout": RoleSpec(
+            "rollout", cfg.rollout.num_workers, 1.0, gpus * share * cfg.rollout.tensor_parallel_size
+        ),
+    }
+    return place_roles([specs[name] for name in roles], colocate=colocate)
 
 
 def release(placements: dict) -> None:

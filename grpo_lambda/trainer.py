@@ -9,7 +9,6 @@ the DeepSpeed ranks; rewards/pool.py: the verifiers; distributed/weight_sync.py:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ from grpo_lambda.data.datasets import build_eval_rows, build_train_rows
 from grpo_lambda.data.sampler import PromptSampler
 from grpo_lambda.data.templates import Prompt, PromptFormatter
 from grpo_lambda.distributed.weight_sync import WeightSync
-from grpo_lambda.eval import summarize_correctness
+from grpo_lambda.eval import report
+from grpo_lambda.eval.runner import Evaluator, eval_spec
 from grpo_lambda.launch import VERIFIER_CPUS, init_ray, place, release
 from grpo_lambda.learner.batch import LearnerBatch, build_batch
 from grpo_lambda.learner.group import LearnerGroup
@@ -34,14 +34,7 @@ from grpo_lambda.rollout.group import RolloutGroup
 from grpo_lambda.rollout.pipeline import Batch, RolloutPipeline, staleness
 from grpo_lambda.rollout.sampling import Sample, SamplingSpec
 from grpo_lambda.tracking import Tracker
-from grpo_lambda.utils import Timer, set_seed
-
-
-def step_seed(seed: int, step: int, salt: str = "rollout") -> int:
-    """A sampling seed for (run seed, step): the same on a resumed run as on an uninterrupted one."""
-    return (
-        int.from_bytes(hashlib.sha256(f"{seed}:{step}:{salt}".encode()).digest()[:4], "little") & 0x7FFFFFFF
-    )
+from grpo_lambda.utils import Timer, set_seed, step_seed
 
 
 @dataclass
@@ -210,22 +203,32 @@ class Trainer:
                 if (cfg.save_every_steps and self.step_num % cfg.save_every_steps == 0) or last:
                     self.save()
             bar.close()
-            return self.tracker.finish()
+            summary = self.tracker.finish()
         finally:
             self.shutdown()
+        if cfg.export_final:  # after shutdown: the learners' and engines' memory is free again
+            self.export_final()
+        return summary
+
+    def export_final(self):
+        """The latest checkpoint as a Hugging Face folder at <run>/final/ (replacing an earlier one atomically)."""
+        from grpo_lambda.export import export_policy
+
+        folder = checkpoint.find_resume(self.cfg.run_dir, "auto")
+        if folder is None:
+            print(f"[grpo-lambda] no checkpoint in {self.cfg.run_dir}: nothing to export")
+            return None
+        return export_policy(folder, self.cfg.run_dir / "final", force=True)  # prints where it went
 
     def evaluate(self) -> dict[str, float]:
-        """avg@k and pass@k on each eval set with the eval sampling settings."""
-        e, out = self.cfg.eval, {}
-        spec = SamplingSpec(n=e.samples_per_prompt, temperature=e.temperature, top_p=e.top_p,
-                            max_tokens=e.max_response_tokens or self.cfg.model.max_response_tokens,
-                            seed=step_seed(self.cfg.trainer.seed, self.step_num, "eval"))  # fmt: skip
-        for name, prompts in self.eval_sets.items():
-            r = self.sample(prompts, spec)
-            correct = [[o.outcome == "correct" for o in r.outcomes[i * spec.n : (i + 1) * spec.n]]
-                       for i in range(len(prompts))]  # fmt: skip
-            ks = sorted({1, spec.n})
-            out.update({f"eval/{name}/{k}": v for k, v in summarize_correctness(correct, ks).items()})
+        """avg@k, pass@j and maj@k on each eval set, by the code `python -m grpo_lambda.evaluate` runs
+        (eval/runner.py, eval/report.py): `eval/<dataset>/avg@k` ..."""
+        t0, k = time.perf_counter(), self.cfg.eval.samples_per_prompt
+        spec = eval_spec(self.cfg, step_seed(self.cfg.trainer.seed, self.step_num, "eval"))
+        evaluator = Evaluator(self.rollout, self.verifier, self.cfg.reward)
+        records = [r for prompts in self.eval_sets.values() for r in evaluator.sample(prompts, spec)]
+        out = report.flat_metrics(report.summarize(records, evaluator.majority(records), k))
+        out["eval/time_s"] = time.perf_counter() - t0  # outside the step: not a time/ phase
         return out
 
     # -------------------------------------------------------------------------------------- state

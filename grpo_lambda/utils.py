@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -41,6 +42,13 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     """JSON with non-finite floats rejected (``allow_nan=False``): convert them before writing."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False, sort_keys=False) + "\n")
+
+
+def step_seed(seed: int, step: int, salt: str = "rollout") -> int:
+    """A sampling seed for (run seed, step, salt): the same on a resumed run as on an uninterrupted one."""
+    return (
+        int.from_bytes(hashlib.sha256(f"{seed}:{step}:{salt}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+    )
 
 
 def set_seed(seed: int) -> None:

@@ -95,7 +95,7 @@ def config_to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def check_overrides_or_exit(argv: list[str] | None = None) -> None:
+def check_overrides_or_exit(argv: list[str] | None = None, config_name: str = "config") -> None:
     """Fail fast on the command line: print the error and exit 2 before Hydra, Ray or a model starts.
 
     The first line of a `@hydra.main` entry point's `main()`. Plain runs are composed and validated in full; with
@@ -106,7 +106,7 @@ def check_overrides_or_exit(argv: list[str] | None = None) -> None:
     overrides = [a for a in argv if not a.startswith("-")]
     try:
         if not flags:
-            load_config(overrides)
+            load_config(overrides, config_name=config_name)
         elif all(f in MULTIRUN_FLAGS for f in flags):
             check_override_keys(overrides, CONF_DIR)
     except ConfigError as exc:

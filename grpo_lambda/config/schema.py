@@ -199,11 +199,17 @@ class RewardConfig:
 
 @dataclass
 class EvalConfig:
-    samples_per_prompt: int = 4  # k for avg@k / pass@k
-    temperature: float = 0.6  # 0 = greedy
+    """Evaluation settings, for `python -m grpo_lambda.evaluate` and for evaluation during training."""
+
+    datasets: list[str] = field(
+        default_factory=list
+    )  # file stems (or paths) in data.data_dir; [] = data.eval_files
+    samples_per_prompt: int = 4  # k for avg@k / pass@k / maj@k
+    temperature: float = 0.6  # 0 = greedy (then samples_per_prompt must be 1)
     top_p: float = 0.95
     max_response_tokens: int | None = None  # null = model.max_response_tokens
-    max_prompts_per_dataset: int | None = None  # null = all
+    max_prompts_per_dataset: int | None = None  # null = all (the first N rows of each file)
+    output_dir: str | None = None  # evaluate CLI: null = <trainer.output_dir>/eval/<name of model.path>
 
 
 @dataclass
@@ -218,6 +224,7 @@ class TrainerConfig:
     eval_every_steps: int = 0  # 0 = never
     eval_before_train: bool = False
     log_every_steps: int = 1  # console line every n steps (the other sinks get every step)
+    export_final: bool = True  # at the end: <run>/final/, a Hugging Face folder (grpo_lambda/export.py)
 
 
 @dataclass

@@ -298,13 +298,7 @@ def _data(c: _Checker, d: DataConfig, check_files: bool) -> None:
             ("data.eval_files", d.eval_files),
         )
         for key, names in files:
-            for i, name in enumerate(names):
-                if not resolve_data_file(name, data_dir).is_file():
-                    have = sorted(p.name for p in data_dir.glob("*.jsonl")) if data_dir.is_dir() else []
-                    where = f"in data.data_dir={str(data_dir)!r}"
-                    if not data_dir.is_dir():
-                        where = f"({where[3:]} does not exist: set data.data_dir or ${DATA_DIR_ENV})"
-                    c.fail(f"{key}[{i}]={name!r} not found {where}{did_you_mean(name, have)}")
+            _check_data_files(c, key, names, data_dir)
     a = d.arithmetic
     if d.source == "arithmetic":
         c.check(a.num_rows >= 1, "data.arithmetic.num_rows", a.num_rows, "must be >= 1")
@@ -339,10 +333,34 @@ def _reward(c: _Checker, r: RewardConfig) -> None:
     c.check(r.format_weight >= 0, "reward.format_weight", r.format_weight, "must be >= 0")
 
 
+def _check_data_files(c: _Checker, key: str, names: list[str], data_dir: Path) -> None:
+    """Every name (a file, or an eval dataset's file stem) must be a file in `data_dir` (or a path)."""
+    from grpo_lambda.data.datasets import dataset_file
+
+    for i, name in enumerate(names):
+        if not resolve_data_file(dataset_file(name), data_dir).is_file():
+            have = sorted(p.name for p in data_dir.glob("*.jsonl")) if data_dir.is_dir() else []
+            where = f"in data.data_dir={str(data_dir)!r}"
+            if not data_dir.is_dir():
+                where = f"({where[3:]} does not exist: set data.data_dir or ${DATA_DIR_ENV})"
+            c.fail(f"{key}[{i}]={name!r} not found {where}{did_you_mean(dataset_file(name), have)}")
+
+
 def _eval_trainer(c: _Checker, cfg: Config, check_files: bool) -> None:
     e, t = cfg.eval, cfg.trainer
     c.check(e.samples_per_prompt >= 1, "eval.samples_per_prompt", e.samples_per_prompt, "must be >= 1")
     c.check(e.temperature >= 0, "eval.temperature", e.temperature, "must be >= 0 (0 = greedy)")
+    c.check(
+        e.temperature > 0 or e.samples_per_prompt == 1,
+        "eval.samples_per_prompt",
+        e.samples_per_prompt,
+        "must be 1 when eval.temperature=0 (greedy samples are all the same)",
+    )
+    c.check(len(set(e.datasets)) == len(e.datasets), "eval.datasets", e.datasets, "lists a dataset twice")
+    if check_files and e.datasets:
+        _check_data_files(
+            c, "eval.datasets", e.datasets, Path(cfg.data.data_dir or default_data_dir()).expanduser()
+        )
     c.check(0 < e.top_p <= 1, "eval.top_p", e.top_p, "must be in (0, 1]")
     for key in ("max_response_tokens", "max_prompts_per_dataset"):
         value = getattr(e, key)
@@ -366,13 +384,15 @@ def _eval_trainer(c: _Checker, cfg: Config, check_files: bool) -> None:
     c.check(t.log_every_steps >= 1, "trainer.log_every_steps", t.log_every_steps, "must be >= 1")
     if t.resume not in ("auto", "never") and check_files and not Path(t.resume).expanduser().exists():
         c.fail(f"trainer.resume={t.resume!r} must be 'auto', 'never' or an existing checkpoint path")
-    has_eval = bool(cfg.data.eval_files) or (
-        cfg.data.source == "arithmetic" and cfg.data.arithmetic.eval_rows > 0
+    has_eval = (
+        bool(cfg.eval.datasets)
+        or bool(cfg.data.eval_files)
+        or (cfg.data.source == "arithmetic" and cfg.data.arithmetic.eval_rows > 0)
     )
     if (t.eval_every_steps > 0 or t.eval_before_train) and not has_eval:
         c.fail(
             "trainer.eval_every_steps / eval_before_train ask for evaluation but there is no eval set: "
-            "set data.eval_files (or data.arithmetic.eval_rows for data=arithmetic)"
+            "set eval.datasets or data.eval_files (or data.arithmetic.eval_rows for data=arithmetic)"
         )
 
 

@@ -60,10 +60,23 @@ def build_train_rows(cfg: Config) -> list[dict[str, Any]]:
     return rows[: d.max_rows] if d.max_rows is not None else rows
 
 
+def dataset_file(name: str) -> str:
+    """An eval dataset's file: ``gsm8k_test`` -> ``gsm8k_test.jsonl`` (names with a suffix are kept)."""
+    return name if Path(name).suffix else f"{name}.jsonl"
+
+
 def build_eval_rows(cfg: Config) -> dict[str, list[dict[str, Any]]]:
-    """Eval sets by name (file stem, or ``arithmetic_eval``), each at most eval.max_prompts_per_dataset rows."""
+    """Eval sets by name (file stem, or ``arithmetic_eval``), each at most eval.max_prompts_per_dataset rows:
+    ``eval.datasets`` if given, else ``data.eval_files`` (plus the arithmetic eval set for data=arithmetic)."""
     d, cap = cfg.data, cfg.eval.max_prompts_per_dataset
     sets: dict[str, list[dict[str, Any]]] = {}
+    if cfg.eval.datasets:
+        for name in cfg.eval.datasets:
+            rows = load_jsonl(_data_path(cfg, dataset_file(name)), max_rows=cap)
+            for row in rows:
+                row["verifier"] = verifier_for(row, cfg)
+            sets[Path(name).stem] = rows
+        return sets
     for name in d.eval_files:
         rows = load_jsonl(_data_path(cfg, name), max_rows=cap)
         for row in rows:

@@ -44,6 +44,7 @@ __all__ = [
     "GoldAnswerError",
     "VERIFIERS",
     "check",
+    "extract_answer",
     "format_reward",
     "get_verifier",
     "verify_format",
@@ -146,6 +147,25 @@ def verify_gsm8k(response: object, answer: str) -> tuple[float, str]:
     if value is None:
         return 0.0, UNPARSABLE
     return (1.0, CORRECT) if value == gold else (0.0, WRONG)
+
+
+def extract_answer(response: object, verifier: str = "math", fallback: str = "none") -> str | None:
+    """The final answer `verifier` would grade in `response` (string handling only, no sympy: safe to call in
+    the driver), for evaluation records and majority votes; None when there is none or it is rejected."""
+    if not isinstance(response, str):
+        return None
+    extract = {
+        "math": lambda text: extract_math_answer(text, fallback),
+        "gsm8k": extract_gsm8k_answer,
+        "format": lambda text: last_boxed(response_tail(text)),
+    }.get(verifier)
+    if extract is None:
+        get_verifier(verifier)  # raises, naming the registered verifiers
+    try:
+        found = extract(response)
+    except AnswerRejected:
+        return None
+    return found.strip() or None if found is not None else None
 
 
 def format_reward(response: object) -> float:

@@ -121,7 +121,10 @@ class RolloutGroup:
     """`cfg.rollout.num_workers` engine actors on the rollout role's bundles (`placement`), each with the weights
     in `model_path`; engine i samples with seed `trainer.seed + i`."""
 
-    def __init__(self, cfg: Config, model_path: str, placement, gpus: float):
+    def __init__(
+        self, cfg: Config, model_path: str, placement, gpus: float, max_model_len: int | None = None
+    ):
+        """`max_model_len` (prompt + response positions): default model.max_prompt_tokens + max_response_tokens."""
         import ray
 
         r, env = cfg.rollout, dict(cfg.cluster.env_vars)
@@ -141,7 +144,7 @@ class RolloutGroup:
                 r,
                 dtype=r.engine_dtype(cfg.model.dtype),
                 seed=cfg.trainer.seed + i,
-                max_model_len=cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
+                max_model_len=max_model_len or cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
                 sleep_mode=self.sleep_mode,
             )  # fmt: skip
             for i in range(r.num_workers)
