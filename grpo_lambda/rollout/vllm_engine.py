@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 TCMALLOC_PATH = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 _WORKER_EXTENSION = "grpo_lambda.rollout.vllm_engine.WeightSyncExtension"
+CPU_MAX_BATCHED_TOKENS = 4096  # vLLM's CPU default for LLM(): prompt tokens per scheduler step
 
 
 class _QuietRotaryReload(logging.Filter):
@@ -123,6 +124,11 @@ class VLLMEngine:
                     rollout.kv_cache_gib,
                 )
             kwargs["kv_cache_memory_bytes"] = int(rollout.kv_cache_gib * (1 << 30))
+            # No chunked prefill on CPUs: a prompt cut across scheduler steps makes vLLM rewind the request's
+            # seeded generator (`set_offset`), which a CPU torch.Generator does not have ("CPU Generator does not
+            # use offset": seeded sampling of more prompt tokens than one step's budget crashed the engine).
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(CPU_MAX_BATCHED_TOKENS, max_model_len)
         else:
             kwargs["gpu_memory_utilization"] = rollout.gpu_memory_utilization
         # tensor_parallel_size > 1: worker processes inside this one (its devices are the actor's). Inside a Ray

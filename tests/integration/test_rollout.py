@@ -117,6 +117,24 @@ def test_samples_carry_the_models_logprobs(worker, prompts, tiny_model_dir, ray_
 
 
 @pytest.mark.timeout(300)
+def test_seeded_sampling_of_more_prompt_tokens_than_one_scheduler_step(worker, tiny_model_dir, ray_local):
+    """40 distinct prompts of ~450 tokens (~18k prompt tokens, over vLLM's 4096-token step budget), sampled with a
+    seed: with chunked prefill, a prompt cut across steps made vLLM rewind its seeded CPU generator and crash
+    ("CPU Generator does not use offset"); the adapter turns chunked prefill off on CPUs."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    long_prompts = [tok(f"Problem {i}: " + "add the numbers one by one and check. " * 30)["input_ids"][:450]
+                    for i in range(40)]  # fmt: skip
+    assert sum(map(len, long_prompts)) > 4 * 4096
+    spec = SamplingSpec(n=2, max_tokens=8, temperature=1.0, seed=3)
+    groups = ray_local.get(worker[0].generate.remote(long_prompts, spec))
+    assert [len(g) for g in groups] == [2] * 40
+    again = ray_local.get(worker[0].generate.remote(long_prompts, spec))
+    assert [[s.response_ids for s in g] for g in again] == [[s.response_ids for s in g] for g in groups]
+
+
+@pytest.mark.timeout(300)
 def test_load_weights_changes_the_policy_and_reads_back_equal(worker, prompts, tiny_model_dir, ray_local):
     handle, _ = worker
     hf = _hf_model(tiny_model_dir)
