@@ -202,3 +202,32 @@ def test_adapter_only_matches_the_merged_model(trained, tmp_path):
     ids = torch.tensor([trained["prompts"][0] + trained["responses"][0]])
     with torch.no_grad():
         torch.testing.assert_close(peft_model(ids).logits, merged(ids).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.timeout(600)
+def test_evaluate_scores_a_trained_run_through_its_export(trained, data_dir, tmp_path):
+    """The issue's check: a run trained one step, its export evaluated on a few GSM8K prompts by the command line.
+    A run folder resolves to its final/ export (no second export); a checkpoint folder is exported first."""
+    if trained["case"] != "zero2":
+        pytest.skip("one case is enough: the export itself is checked per case above")
+    from grpo_lambda.evaluate import resolve_eval_model
+
+    run_dir = trained["run_dir"]
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "grpo_lambda.evaluate", "model=tiny", f"model.path={run_dir}",
+           f"data.data_dir={data_dir}", "eval.datasets=[gsm8k_test]", "eval.max_prompts_per_dataset=3",
+           "eval.samples_per_prompt=2", "eval.max_response_tokens=8", f"eval.output_dir={out}",
+           "rollout.kv_cache_gib=0.5", "reward.num_workers=1"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["datasets"]["gsm8k_test"]["prompts"] == 3
+    assert summary["meta"]["model_path"] == str((run_dir / "final").resolve())
+    assert not (out / "model").exists()
+
+    step = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
+    exported = resolve_eval_model(str(step), tmp_path / "from_ckpt")
+    assert exported == tmp_path / "from_ckpt" / "model"
+    a = load_hf(exported).state_dict()
+    b = load_hf(run_dir / "final").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)
