@@ -164,8 +164,10 @@ class ArithmeticConfig:
     min_operand: int = 0
     max_operand: int = 20
     num_terms: int = 2
+    max_terms: int | None = None  # terms drawn from [num_terms, max_terms]; null = always num_terms
     ops: list[str] = field(default_factory=lambda: ["+", "-"])
-    style: str = "expression"  # expression | word | mixed
+    style: str = "expression"  # expression | word | mixed | story (one sentence per step, + and − only)
+    eval_seed: int | None = None  # the eval set's seed; null = data.seed + an offset (differs per data.seed)
     allow_negative: bool = False
 
 

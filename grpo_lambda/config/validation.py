@@ -311,6 +311,24 @@ def _data(c: _Checker, d: DataConfig, check_files: bool) -> None:
         )
         c.check(a.num_terms >= 2, "data.arithmetic.num_terms", a.num_terms, "must be >= 2")
         c.check(
+            a.max_terms is None or a.max_terms >= a.num_terms,
+            "data.arithmetic.max_terms",
+            a.max_terms,
+            f"must be >= data.arithmetic.num_terms={a.num_terms} or null",
+        )
+        c.check(
+            a.style != "story" or set(a.ops) <= {"+", "-"},
+            "data.arithmetic.ops",
+            a.ops,
+            "must be + and - only with data.arithmetic.style=story",
+        )
+        c.check(
+            a.eval_seed is None or a.eval_seed >= 0,
+            "data.arithmetic.eval_seed",
+            a.eval_seed,
+            "must be >= 0 or null",
+        )
+        c.check(
             bool(a.ops) and all(op in OPS for op in a.ops),
             "data.arithmetic.ops",
             a.ops,

@@ -35,6 +35,7 @@ def _arith(cfg: Config, num_rows: int, seed: int, dataset: str) -> list[dict[str
         min_operand=a.min_operand,
         max_operand=a.max_operand,
         num_terms=a.num_terms,
+        max_terms=a.max_terms,
         ops=a.ops,
         style=a.style,
         allow_negative=a.allow_negative,
@@ -84,5 +85,10 @@ def build_eval_rows(cfg: Config) -> dict[str, list[dict[str, Any]]]:
         sets[Path(name).stem] = rows
     if d.source == "arithmetic" and d.arithmetic.eval_rows > 0:
         n = d.arithmetic.eval_rows if cap is None else min(cap, d.arithmetic.eval_rows)
-        sets["arithmetic_eval"] = _arith(cfg, n, d.seed + ARITHMETIC_EVAL_SEED_OFFSET, "arithmetic_eval")
+        seed = (
+            d.arithmetic.eval_seed
+            if d.arithmetic.eval_seed is not None
+            else d.seed + ARITHMETIC_EVAL_SEED_OFFSET
+        )
+        sets["arithmetic_eval"] = _arith(cfg, n, seed, "arithmetic_eval")
     return sets

@@ -31,6 +31,11 @@ class PromptTemplate:
 
 
 BOXED_COT = "Please reason step by step, and put your final answer within \\boxed{}."
+STEPS_EXAMPLE = (
+    "Work it out one step at a time, as in this example.\n"
+    "Example: Mia has 5 shells. Then Mia finds 3 more. Then Mia loses 2. How many shells does Mia have now?\n"
+    "Step 1: 5 + 3 = 8\nStep 2: 8 - 2 = 6\nAnswer: \\boxed{6}"
+)
 
 PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
     t.name: t
@@ -41,6 +46,13 @@ PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
         PromptTemplate("qwen_math_system", "{problem}", system=BOXED_COT),
         # Short instruction for small models (CPU demo).
         PromptTemplate("boxed_short", "{problem}\nGive the final answer as \\boxed{number}."),
+        # Worked steps, then a boxed answer (the CPU study: several reasoning steps per response).
+        PromptTemplate(
+            "steps",
+            "{problem}\nSolve it step by step, one line per step, then give the final answer as \\boxed{number}.",
+        ),
+        # The same with one worked example (a 135M model follows the format: one line per step).
+        PromptTemplate("steps_example", "{problem}\n" + STEPS_EXAMPLE),
         # veRL's GSM8K prompt: the answer follows "####".
         PromptTemplate(
             "gsm8k", '{problem} Let\'s think step by step and output the final answer after "####".'

@@ -1,0 +1,707 @@
+"""Report a seeded study (GRPO vs GRPO-λ arms): curves, a table per arm, paired comparisons with the baseline.
+
+    .venv/bin/python scripts/study_report.py runs/study                      # a Hydra multirun's output_dir
+    .venv/bin/python scripts/study_report.py docs/results/study --out docs/results/study/report
+    .venv/bin/python scripts/study_report.py A B --baseline grpo --metric-eval arithmetic_eval --last 5
+
+Every folder below the given ones that holds both ``config.yaml`` and ``metrics.jsonl`` is a run (a trainer run
+folder, or a copy of its config.yaml + metrics.jsonl [+ summary.json]). Runs are grouped into arms by their
+config: ``algorithm.name`` and the fields (trace_style, trace_anchor, policy_loss, eligibility_grad, lam, lr);
+the runs of one arm differ only in ``trainer.seed``. The label is the name plus, where arms of one name differ,
+the differing fields, e.g. ``grpo_lambda (lr=3e-05)``. A run with fewer training steps than
+``trainer.total_steps`` is incomplete: left out of every number, listed in the output. In metrics.jsonl the last
+line of a step wins (a resumed run may repeat steps).
+
+Per run (``L`` = ``--last``; r_t = reward/mean at training step t = 1..N; "last L" = the last L steps holding
+the metric):
+    final_reward      = mean(r_t over the last L steps)
+    auc_reward        = mean(r_t over all N steps)   (area under the reward curve per step)
+    acc_start / acc_final = eval/<set>/avg@1 at the first / last evaluated step (held-out greedy accuracy)
+    response_length   = mean(response/length_mean over the last L steps)
+    kl                = mean(learner/kl over the last L steps)  (logged only when algorithm.kl_coef > 0)
+    clip_frac         = mean(learner/clip_frac over all steps)
+    grad_norm_median  = median(learner/grad_norm over all steps)
+    clipped_frac      = #{t: grad_norm_t > learner.grad_clip} / #{t with a grad norm}   (0 when grad_clip <= 0)
+    wall_time_s       = sum(time/step_s over all steps)
+Per arm, every per-run number is given as mean ± s.e. over seeds: s.e. = sd / sqrt(n), sd with ddof = 1.
+Curves: per step the mean over the seeds that logged it, band = ± s.e.
+Steps to reach the baseline's final reward: target = mean over baseline seeds of final_reward; the arm's
+seed-mean reward curve m_t is smoothed by an L-step trailing mean s_t = mean(m_{t-L+1..t}) (full windows only);
+the answer is the first step t with s_t >= target, else "not reached".
+The baseline (``--baseline``) is the arm with that exact label, or the arm of that algorithm.name; when several
+arms share the name (a learning-rate sweep), the one with the highest mean final_reward (training reward, not the
+held-out metric) is taken and the report says so.
+
+Comparison of each arm with the baseline on acc_final and auc_reward: seeds are paired by trainer.seed (seeds
+both arms have); d_i = x_arm,i - x_base,i; difference = mean(d); 95 % CI = 2.5th and 97.5th percentiles of
+mean(d*) over B percentile-bootstrap resamples d* of the pairs (``--bootstrap`` B, numpy default_rng(``--seed``),
+fresh for each comparison). Without common seeds: unpaired, mean(a*) - mean(b*) with each arm's seeds resampled
+independently, sd(d) estimated as sqrt(sd_a^2 + sd_b^2).
+Power (normal approximation, two-sided α = 0.05, power 0.8): seeds (pairs) needed to detect a difference δ:
+    n = ((z_{1-α/2} + z_{power}) * sd(d) / δ)^2,   z_{0.975} = 1.960, z_{0.8} = 0.842
+for δ = the observed difference and δ = ``--delta`` (default 0.03: the paper's +3 points of accuracy).
+
+Writes into ``--out`` (default ``<first folder>/report``): curves.png, table.md, comparison.md (both printed),
+runs.jsonl (one line per run: the raw numbers behind the table) and report.json (everything).
+Only numpy, matplotlib (Agg) and the standard library (+ PyYAML, already a dependency) are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+REWARD = "reward/mean"
+LABEL_FIELDS = {  # label name -> config field; with algorithm.name these identify an arm
+    "trace_style": "algorithm.trace_style",
+    "trace_anchor": "algorithm.trace_anchor",
+    "policy_loss": "algorithm.policy_loss",
+    "eligibility_grad": "algorithm.eligibility_grad",
+    "lam": "algorithm.lam",
+    "lr": "learner.lr",
+}
+# config fields expected to differ between runs of a study: not reported as a confounder
+BOOKKEEPING = (
+    "trainer.seed",
+    "trainer.run_name",
+    "trainer.output_dir",
+    "trainer.resume",
+    "logger.",
+    "algorithm.",
+)
+BOOKKEEPING_EXACT = ("learner.lr",)
+ALPHA, POWER = 0.05, 0.8
+Z_SUM = statistics.NormalDist().inv_cdf(1 - ALPHA / 2) + statistics.NormalDist().inv_cdf(POWER)  # 2.802
+# per-run numbers shown in the table: key -> (column title, digits)
+TABLE_COLUMNS = {
+    "final_reward": ("final reward (last L)", 3),
+    "auc_reward": ("reward AUC (mean/step)", 3),
+    "acc_start": ("held-out acc (start)", 3),
+    "acc_final": ("held-out acc (end)", 3),
+    "response_length": ("resp. length (last L)", 1),
+    "kl": ("KL (last L)", 4),
+    "clip_frac": ("clip frac", 4),
+    "grad_norm_median": ("grad norm (median)", 2),
+    "clipped_frac": ("clipped steps", 2),
+    "wall_time_min": ("wall time (min)", 1),
+}
+COMPARED = {"acc_final": "held-out accuracy (end)", "auc_reward": "reward AUC"}
+
+
+# --------------------------------------------------------------------------------------------- loading
+@dataclass
+class Run:
+    """One run folder: its config (nested dict) and its metrics by step (the last line of a step wins)."""
+
+    path: Path
+    config: dict[str, Any]
+    rows: dict[int, dict[str, float]]
+    arm: tuple = ()
+    label: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int | None:
+        return cfg_get(self.config, "trainer.seed")
+
+    @property
+    def total_steps(self) -> int | None:
+        return cfg_get(self.config, "trainer.total_steps")
+
+    def training_steps(self) -> list[int]:
+        """Steps >= 1 with any non-eval metric (step 0 holds only the eval before training)."""
+        return sorted(
+            s for s, row in self.rows.items() if s >= 1 and any(not k.startswith("eval/") for k in row)
+        )
+
+    @property
+    def complete(self) -> bool:
+        return self.total_steps is None or len(self.training_steps()) >= self.total_steps
+
+
+def seed_order(seed: Any) -> tuple:
+    """Sort key of seeds: numbers in numeric order, then anything else (None) by its text."""
+    is_num = isinstance(seed, (int, float))
+    return (not is_num, seed if is_num else 0, str(seed))
+
+
+def cfg_get(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    """``cfg["a"]["b"]`` for ``"a.b"``; `default` where a level is missing."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def find_run_dirs(folders: list[Path]) -> list[Path]:
+    """Every folder at or below `folders` holding both config.yaml and metrics.jsonl (not searched further
+    below: a run's checkpoints stay unread); each once, in sorted order."""
+    found: dict[Path, Path] = {}
+    for top in folders:
+        for dirpath, dirnames, filenames in os.walk(top):
+            if CONFIG_FILE in filenames and METRICS_FILE in filenames:
+                found.setdefault(Path(dirpath).resolve(), Path(dirpath))
+                dirnames[:] = []
+            else:
+                dirnames.sort()
+    return sorted(found.values())
+
+
+def load_metrics(path: Path) -> dict[int, dict[str, float]]:
+    """metrics.jsonl -> {step: {key: value}}: the last line of a step replaces earlier ones; null values and
+    unreadable lines (an interrupted write) are dropped."""
+    rows: dict[int, dict[str, float]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            step = int(row.pop("step"))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            continue
+        row.pop("time", None)
+        rows[step] = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}
+    return rows
+
+
+def load_run(run_dir: Path) -> Run:
+    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    return Run(path=run_dir, config=config, rows=load_metrics(run_dir / METRICS_FILE))
+
+
+# --------------------------------------------------------------------------------------------- arms
+def arm_key(cfg: dict[str, Any]) -> tuple:
+    """(algorithm.name, trace_style, trace_anchor, policy_loss, eligibility_grad, lam, lr) of a config."""
+    return (cfg_get(cfg, "algorithm.name"),) + tuple(cfg_get(cfg, f) for f in LABEL_FIELDS.values())
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def arm_labels(keys: list[tuple]) -> dict[tuple, str]:
+    """Label per arm key: the algorithm name, plus ``(field=value, ...)`` for the fields that differ among the arms
+    sharing that name."""
+    labels = {}
+    names = list(LABEL_FIELDS)
+    for key in keys:
+        same_name = [k for k in keys if k[0] == key[0]]
+        differing = [i for i in range(len(names)) if len({k[i + 1] for k in same_name}) > 1]
+        extra = ", ".join(f"{names[i]}={_fmt_value(key[i + 1])}" for i in differing)
+        labels[key] = f"{key[0]} ({extra})" if extra else str(key[0])
+    return labels
+
+
+def varying_fields(runs: list[Run]) -> dict[str, list[str]]:
+    """Config fields (dotted) whose values differ between `runs`, other than the bookkeeping ones, the seed and the
+    arm-defining ones (algorithm.*, learner.lr): possible confounders, reported as such."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, str]:
+        if not isinstance(d, dict):
+            return {prefix: json.dumps(d, sort_keys=True)}
+        out: dict[str, str] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}."))
+        return out
+
+    flats = [{k.rstrip("."): v for k, v in flat(r.config).items()} for r in runs]
+    keys = sorted(set().union(*flats)) if flats else []
+    out = {}
+    for k in keys:
+        if k.startswith(BOOKKEEPING) or k in BOOKKEEPING_EXACT:
+            continue
+        values = {f.get(k, "<missing>") for f in flats}
+        if len(values) > 1:
+            out[k] = sorted(values)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- per run
+def _values(run: Run, key: str, steps: list[int]) -> list[float]:
+    return [run.rows[s][key] for s in steps if key in run.rows[s]]
+
+
+def _mean_or_none(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+def summarize_run(run: Run, eval_set: str, last: int) -> dict[str, Any]:
+    """The per-run numbers (formulas in the module docstring)."""
+    steps = run.training_steps()
+    rewards = _values(run, REWARD, steps)
+    grad_norms = _values(run, "learner/grad_norm", steps)
+    grad_clip = cfg_get(run.config, "learner.grad_clip") or 0.0
+    step_times = _values(run, "time/step_s", steps)
+    eval_key = f"eval/{eval_set}/avg@1"
+    evals = [(s, run.rows[s][eval_key]) for s in sorted(run.rows) if eval_key in run.rows[s]]
+    clipped = None
+    if grad_norms:
+        clipped = sum(g > grad_clip for g in grad_norms) / len(grad_norms) if grad_clip > 0 else 0.0
+    return {
+        "steps": len(steps),
+        "total_steps": run.total_steps,
+        "final_reward": _mean_or_none(rewards[-last:]),
+        "auc_reward": _mean_or_none(rewards),
+        "acc_start": evals[0][1] if evals else None,
+        "acc_start_step": evals[0][0] if evals else None,
+        "acc_final": evals[-1][1] if evals else None,
+        "acc_final_step": evals[-1][0] if evals else None,
+        "response_length": _mean_or_none(_values(run, "response/length_mean", steps)[-last:]),
+        "kl": _mean_or_none(_values(run, "learner/kl", steps)[-last:]),
+        "clip_frac": _mean_or_none(_values(run, "learner/clip_frac", steps)),
+        "grad_norm_median": statistics.median(grad_norms) if grad_norms else None,
+        "grad_clip": grad_clip,
+        "clipped_frac": clipped,
+        "wall_time_s": sum(step_times) if step_times else None,
+        "wall_time_min": sum(step_times) / 60 if step_times else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------- statistics
+def mean_se(values: list[float | None]) -> dict[str, Any]:
+    """{mean, se, n}: se = sd / sqrt(n) with sd of ddof 1 (None for n < 2); None values left out."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return {"mean": None, "se": None, "n": 0}
+    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
+    return {"mean": statistics.fmean(xs), "se": se, "n": len(xs)}
+
+
+def mean_curve(runs: list[Run], key: str, steps_of: str = "train") -> dict[str, list]:
+    """Per step, mean ± s.e. of `key` over the runs that logged it: {step, mean, se, n} lists.
+    `steps_of` "train": training steps only; "all": every step (evaluation curves include step 0)."""
+    by_step: dict[int, list[float]] = {}
+    for run in runs:
+        steps = run.training_steps() if steps_of == "train" else sorted(run.rows)
+        for s in steps:
+            if key in run.rows[s]:
+                by_step.setdefault(s, []).append(run.rows[s][key])
+    out: dict[str, list] = {"step": [], "mean": [], "se": [], "n": []}
+    for s in sorted(by_step):
+        stat = mean_se(by_step[s])
+        out["step"].append(s)
+        out["mean"].append(stat["mean"])
+        out["se"].append(stat["se"])
+        out["n"].append(stat["n"])
+    return out
+
+
+def steps_to_reach(steps: list[int], curve: list[float], target: float, window: int) -> int | None:
+    """First step t where the trailing mean of `curve` over `window` points ending at t is >= target (full windows
+    only; the whole curve when it is shorter than `window`); None if never."""
+    if not curve:
+        return None
+    w = max(1, min(window, len(curve)))
+    csum = np.cumsum(np.concatenate([[0.0], np.asarray(curve, dtype=float)]))
+    for i in range(w - 1, len(curve)):
+        if (csum[i + 1] - csum[i + 1 - w]) / w >= target - 1e-12:
+            return steps[i]
+    return None
+
+
+def bootstrap_ci(
+    a: np.ndarray, b: np.ndarray, paired: bool, resamples: int, seed: int
+) -> tuple[float, float]:
+    """Percentile-bootstrap 95 % CI of mean(a) - mean(b). Paired: resample the pairs (a_i - b_i) together;
+    unpaired: resample a and b independently."""
+    rng = np.random.default_rng(seed)
+    if paired:
+        d = a - b
+        boot = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    else:
+        boot_a = a[rng.integers(0, len(a), size=(resamples, len(a)))].mean(axis=1)
+        boot_b = b[rng.integers(0, len(b), size=(resamples, len(b)))].mean(axis=1)
+        boot = boot_a - boot_b
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def seeds_needed(
+    sd: float | None, delta: float | None, alpha: float = ALPHA, power: float = POWER
+) -> float | None:
+    """n = ((z_{1-α/2} + z_{power}) * sd / δ)^2 (normal approximation); None when sd or δ is unknown or δ = 0."""
+    if sd is None or delta is None or delta == 0:
+        return None
+    nd = statistics.NormalDist()
+    z = nd.inv_cdf(1 - alpha / 2) + nd.inv_cdf(power)
+    return (z * sd / abs(delta)) ** 2
+
+
+def compare(
+    arm: list[Run], base: list[Run], metric: str, resamples: int, seed: int, delta: float
+) -> dict[str, Any]:
+    """The paired (by trainer.seed) or, without common seeds, unpaired comparison of `metric` between two arms."""
+    a_by_seed = {r.seed: r.summary[metric] for r in arm if r.summary[metric] is not None}
+    b_by_seed = {r.seed: r.summary[metric] for r in base if r.summary[metric] is not None}
+    common = sorted(set(a_by_seed) & set(b_by_seed), key=seed_order)
+    paired = bool(common)
+    if paired:
+        a = np.array([a_by_seed[s] for s in common], dtype=float)
+        b = np.array([b_by_seed[s] for s in common], dtype=float)
+        sd = float(np.std(a - b, ddof=1)) if len(common) > 1 else None
+    else:
+        a = np.array(list(a_by_seed.values()), dtype=float)
+        b = np.array(list(b_by_seed.values()), dtype=float)
+        sd = float(math.sqrt(np.var(a, ddof=1) + np.var(b, ddof=1))) if len(a) > 1 and len(b) > 1 else None
+    out: dict[str, Any] = {
+        "metric": metric,
+        "pairing": "paired by seed"
+        if paired
+        else "unpaired (no common seeds)"
+        if len(a) and len(b)
+        else "no data",
+        "seeds": common if paired else None,
+        "n_arm": len(a),
+        "n_baseline": len(b),
+        "mean_arm": float(a.mean()) if len(a) else None,
+        "mean_baseline": float(b.mean()) if len(b) else None,
+        "diff": None,
+        "ci95": None,
+        "ci_excludes_0": None,
+        "sd_diff": sd,
+    }
+    if len(a) and len(b):
+        diff = float(a.mean() - b.mean())
+        lo, hi = bootstrap_ci(a, b, paired, resamples, seed)
+        out.update(diff=diff, ci95=[lo, hi], ci_excludes_0=bool(lo > 0 or hi < 0))
+    out["n_needed_observed"] = seeds_needed(sd, out["diff"])
+    out["n_needed_delta"] = seeds_needed(sd, delta)
+    out["delta"] = delta
+    return out
+
+
+# --------------------------------------------------------------------------------------------- output
+def fmt_stat(stat: dict[str, Any], digits: int) -> str:
+    if stat["mean"] is None:
+        return "—"
+    text = f"{stat['mean']:.{digits}f}"
+    return text + (f" ± {stat['se']:.{digits}f}" if stat["se"] is not None else "")
+
+
+def _fmt(x: float | None, digits: int = 3, signed: bool = False) -> str:
+    if x is None:
+        return "—"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _fmt_n(n: float | None, sd: float | None) -> str:
+    """Seeds needed, rounded up; "—" when the sd is unknown (< 2 seeds), "∞" when the observed difference is 0."""
+    if sd is None:
+        return "—"
+    return "∞" if n is None else str(math.ceil(n - 1e-9))
+
+
+def table_markdown(report: dict[str, Any]) -> str:
+    """The per-arm table (mean ± s.e. over seeds), then the incomplete and skipped runs and the config notes."""
+    last = report["settings"]["last"]
+    titles = [t.replace("last L", f"last {last}") for t, _ in TABLE_COLUMNS.values()]
+    base = report["baseline"]
+    reach_title = (
+        f"steps to {base['label']} final reward ({_fmt(base['target_reward'])})"
+        if base
+        else "steps to baseline"
+    )
+    head = ["arm", "n seeds", *titles[:2], reach_title, *titles[2:]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in report["arms"]:
+        cells = [fmt_stat(arm["stats"][k], d) for k, (_, d) in TABLE_COLUMNS.items()]
+        reach = arm["steps_to_baseline_final"]
+        reach_text = "—" if not base else "not reached" if reach is None else str(reach)
+        lines.append(
+            "| " + " | ".join([arm["label"], str(arm["n"]), *cells[:2], reach_text, *cells[2:]]) + " |"
+        )
+    lines.append("")
+    lines.append(
+        f"Mean ± standard error over seeds. Held-out accuracy: `eval/{report['settings']['eval_set']}/avg@1` "
+        f"(greedy) at the first and last evaluation. Clipped steps: fraction of steps with "
+        f"learner/grad_norm > learner.grad_clip. KL: learner/kl (— where not logged: kl_coef = 0)."
+    )
+    if report["baseline_note"]:
+        lines.append(f"Baseline: {report['baseline_note']}")
+    if report["incomplete"]:
+        lines += ["", "Incomplete runs (left out):"]
+        for r in report["incomplete"]:
+            lines.append(
+                f"- `{r['run_dir']}` — {r['arm']}, seed {r['seed']}: {r['steps']}/{r['total_steps']} steps"
+            )
+    if report["skipped"]:
+        lines += ["", "Skipped run folders:"]
+        lines += [f"- `{r['run_dir']}`: {r['reason']}" for r in report["skipped"]]
+    if report["config_differences"]:
+        lines += ["", "Config fields that differ between runs besides the seed, algorithm.* and learner.lr:"]
+        lines += [f"- `{k}`: {', '.join(v)}" for k, v in report["config_differences"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_markdown(report: dict[str, Any]) -> str:
+    """The comparisons with the baseline: plain numbers, one row per arm and metric."""
+    base = report["baseline"]
+    if not base:
+        return f"No baseline arm ({report['baseline_note']}): no comparison.\n"
+    s = report["settings"]
+    delta = s["delta"]
+    head = ["arm", "metric", "pairing", "n", "arm mean", "baseline mean", "difference", "95% CI",
+            "CI excludes 0", "sd of difference", "seeds for observed diff", f"seeds for {delta:+g}"]  # fmt: skip
+    lines = [
+        f"Each arm minus the baseline **{base['label']}**; paired rows compare the seeds both arms ran (n pairs; "
+        f"the means are over those seeds), unpaired rows all seeds of each arm (sd of difference = "
+        f"sqrt(sd_arm² + sd_baseline²)). 95% CI: percentile bootstrap, {s['bootstrap']} resamples, seed {s['seed']}.",
+        f"Seeds needed (per arm) to detect δ with 80 % power, two-sided α = 0.05: n = ((z_0.975 + z_0.8) · sd / δ)², "
+        f"z_0.975 + z_0.8 = {Z_SUM:.3f}, rounded up; the normal approximation understates n when n is small.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for c in report["comparisons"]:
+        ci = "—" if c["ci95"] is None else f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
+        excl = "—" if c["ci_excludes_0"] is None else ("yes" if c["ci_excludes_0"] else "no")
+        n = str(c["n_arm"]) if c["pairing"].startswith("paired") else f"{c['n_arm']} vs {c['n_baseline']}"
+        row = [c["arm"], COMPARED[c["metric"]], c["pairing"], n, _fmt(c["mean_arm"], 4), _fmt(c["mean_baseline"], 4),
+               _fmt(c["diff"], 4, signed=True), ci, excl, _fmt(c["sd_diff"], 4),
+               _fmt_n(c["n_needed_observed"], c["sd_diff"]), _fmt_n(c["n_needed_delta"], c["sd_diff"])]  # fmt: skip
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(report: dict[str, Any], path: Path) -> None:
+    """curves.png: reward/mean and held-out greedy accuracy against step, per arm mean ± s.e. band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 5), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    panels = [
+        ("reward", "reward/mean (training)"),
+        ("eval", f"held-out greedy accuracy ({report['settings']['eval_set']})"),
+    ]
+    for ax, (curve_key, title) in zip(axes, panels):
+        for i, arm in enumerate(report["arms"]):
+            c = arm["curves"][curve_key]
+            if not c["step"]:
+                continue
+            mean = np.array(c["mean"], dtype=float)
+            se = np.array([0.0 if v is None else v for v in c["se"]])
+            color = f"C{i % 10}"
+            style = "-" if i < 10 else "--"
+            marker = "o" if curve_key == "eval" else None
+            ax.plot(
+                c["step"],
+                mean,
+                style,
+                color=color,
+                marker=marker,
+                ms=3,
+                label=f"{arm['label']} (n={arm['n']})",
+            )
+            ax.fill_between(c["step"], mean - se, mean + se, color=color, alpha=0.2, lw=0)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("mean over seeds ± standard error")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        return _json_safe(x.item())
+    return x
+
+
+# --------------------------------------------------------------------------------------------- assembly
+def choose_baseline(arms: dict[str, list[Run]], baseline: str) -> tuple[str | None, str]:
+    """The baseline arm's label and a note: an exact label, or the arm named `baseline`; of several such arms the
+    one with the highest mean final_reward."""
+    if baseline in arms:
+        return baseline, ""
+    matches = [lab for lab, runs in arms.items() if cfg_get(runs[0].config, "algorithm.name") == baseline]
+    if not matches:
+        return None, f"no arm {baseline!r} among {sorted(arms)}"
+    if len(matches) == 1:
+        return matches[0], ""
+
+    def final(lab: str) -> float:
+        m = mean_se([r.summary["final_reward"] for r in arms[lab]])["mean"]
+        return -math.inf if m is None else m
+
+    best = max(matches, key=final)
+    return (
+        best,
+        f"{best}: the best of {len(matches)} {baseline!r} arms by mean final training reward ({', '.join(matches)})",
+    )
+
+
+def build_report(folders: list[Path], args: argparse.Namespace) -> tuple[dict[str, Any], list[Run]]:
+    """Load every run, group arms, compute all numbers; returns the report dict and the complete runs."""
+    runs, skipped = [], []
+    for d in find_run_dirs(folders):
+        try:
+            runs.append(load_run(d))
+        except (OSError, yaml.YAMLError) as e:
+            skipped.append({"run_dir": str(d), "reason": f"unreadable: {e}"})
+    keys = list(dict.fromkeys(arm_key(r.config) for r in runs))
+    labels = arm_labels(keys)
+    for r in runs:
+        r.arm, r.label = arm_key(r.config), labels[arm_key(r.config)]
+        r.summary = summarize_run(r, args.metric_eval, args.last)
+
+    arms: dict[str, list[Run]] = {}
+    incomplete = []
+    for r in sorted(runs, key=lambda r: (keys.index(r.arm), seed_order(r.seed), str(r.path))):
+        if not r.complete:
+            incomplete.append({"run_dir": str(r.path), "arm": r.label, "seed": r.seed,
+                               "steps": r.summary["steps"], "total_steps": r.total_steps})  # fmt: skip
+        elif any(o.seed == r.seed for o in arms.get(r.label, [])):
+            skipped.append(
+                {"run_dir": str(r.path), "reason": f"a second run of {r.label} with seed {r.seed}"}
+            )
+        else:
+            arms.setdefault(r.label, []).append(r)
+    complete = [r for rs in arms.values() for r in rs]
+
+    base_label, note = choose_baseline(arms, args.baseline) if arms else (None, "no complete runs")
+    baseline = None  # the report's "baseline_note" says why when there is none
+    if base_label is not None:
+        target = mean_se([r.summary["final_reward"] for r in arms[base_label]])["mean"]
+        baseline = {"label": base_label, "target_reward": target, "note": note}
+
+    arm_out = []
+    for label, rs in arms.items():
+        reward_curve = mean_curve(rs, REWARD, "train")
+        reach = None
+        if baseline and baseline["target_reward"] is not None:
+            reach = steps_to_reach(
+                reward_curve["step"], reward_curve["mean"], baseline["target_reward"], args.last
+            )
+        arm_out.append({
+            "label": label,
+            "fields": dict(zip(["name", *LABEL_FIELDS], rs[0].arm)),
+            "n": len(rs),
+            "seeds": [r.seed for r in rs],
+            "runs": [str(r.path) for r in rs],
+            "stats": {k: mean_se([r.summary[k] for r in rs]) for k in TABLE_COLUMNS},
+            "steps_to_baseline_final": reach,
+            "curves": {"reward": reward_curve, "eval": mean_curve(rs, f"eval/{args.metric_eval}/avg@1", "all")},
+        })  # fmt: skip
+
+    comparisons = []
+    if baseline:
+        for label, rs in arms.items():
+            if label == base_label:
+                continue
+            for metric in COMPARED:
+                c = compare(rs, arms[base_label], metric, args.bootstrap, args.seed, args.delta)
+                comparisons.append({"arm": label, "baseline": base_label, **c})
+
+    report = {
+        "settings": {
+            "folders": [str(f) for f in folders],
+            "baseline": args.baseline,
+            "eval_set": args.metric_eval,
+            "last": args.last,
+            "bootstrap": args.bootstrap,
+            "seed": args.seed,
+            "delta": args.delta,
+            "alpha": ALPHA,
+            "power": POWER,
+        },
+        "baseline": baseline,
+        "baseline_note": note,
+        "arms": arm_out,
+        "comparisons": comparisons,
+        "incomplete": incomplete,
+        "skipped": skipped,
+        "config_differences": varying_fields(complete),
+    }
+    return report, complete
+
+
+def run_record(r: Run) -> dict[str, Any]:
+    """One runs.jsonl line."""
+    return {"run_dir": str(r.path), "arm": r.label, "seed": r.seed, **r.summary}
+
+
+def write_outputs(report: dict[str, Any], runs: list[Run], out: Path) -> tuple[str, str]:
+    out.mkdir(parents=True, exist_ok=True)
+    table, comparison = table_markdown(report), comparison_markdown(report)
+    (out / "table.md").write_text(table, encoding="utf-8")
+    (out / "comparison.md").write_text(comparison, encoding="utf-8")
+    (out / "runs.jsonl").write_text(
+        "".join(json.dumps(_json_safe(run_record(r))) + "\n" for r in runs), encoding="utf-8"
+    )
+    full = {**report, "runs": [run_record(r) for r in runs]}
+    (out / "report.json").write_text(json.dumps(_json_safe(full), indent=1) + "\n", encoding="utf-8")
+    plot_curves(report, out / "curves.png")
+    return table, comparison
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("folders", nargs="+", type=Path, help="folders searched recursively for run folders")
+    p.add_argument("--out", type=Path, help="output folder (default: <first folder>/report)")
+    p.add_argument(
+        "--baseline", default="grpo", help="baseline arm: a label or an algorithm.name (default grpo)"
+    )
+    p.add_argument(
+        "--metric-eval", default="arithmetic_eval", help="held-out eval set name (default arithmetic_eval)"
+    )
+    p.add_argument(
+        "--last", type=int, default=5, help="steps averaged for final numbers, smoothing window (default 5)"
+    )
+    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
+    p.add_argument(
+        "--delta", type=float, default=0.03, help="effect size for the power estimate (default 0.03)"
+    )
+    args = p.parse_args(argv)
+    if args.last < 1 or args.bootstrap < 1:
+        p.error("--last and --bootstrap must be >= 1")
+    for f in args.folders:
+        if not f.is_dir():
+            p.error(f"{f} is not a folder")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report, runs = build_report(args.folders, args)
+    if not runs and not report["incomplete"]:
+        print(
+            f"study_report: no run folders (config.yaml + metrics.jsonl) below {args.folders}",
+            file=sys.stderr,
+        )
+        return 2
+    out = args.out if args.out is not None else args.folders[0] / "report"
+    table, comparison = write_outputs(report, runs, out)
+    print(table)
+    print(comparison)
+    print(f"wrote {out}/curves.png, table.md, comparison.md, runs.jsonl, report.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

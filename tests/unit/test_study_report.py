@@ -1,0 +1,310 @@
+"""scripts/study_report.py: a seeded study's report from run folders (synthetic runs with known numbers)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+_PATH = Path(__file__).resolve().parents[2] / "scripts" / "study_report.py"
+_spec = importlib.util.spec_from_file_location("study_report", _PATH)
+sr = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = sr  # dataclasses look their module up there
+_spec.loader.exec_module(sr)
+
+N = 10  # training steps per run
+SEEDS = [0, 1, 2, 3, 4]
+E = [
+    0.01,
+    -0.01,
+    0.02,
+    -0.02,
+    0.0,
+]  # per-seed noise of arm B's differences: sums to 0, so mean shift is exact
+REWARD_SHIFT, ACC_SHIFT = 0.1, 0.05
+Z = 1.959963984540054 + 0.8416212335729143  # z_0.975 + z_0.8
+
+
+def algo(name: str) -> dict:
+    if name == "grpo":
+        return {"name": "grpo", "policy_loss": "ppo", "lam": 0.0, "trace_style": "recent", "trace_anchor": "token",
+                "eligibility_grad": True, "kl_coef": 0.001}  # fmt: skip
+    return {"name": name, "policy_loss": "trace", "lam": 0.99, "trace_style": "both", "trace_anchor": "token",
+            "eligibility_grad": True, "kl_coef": 0.001}  # fmt: skip
+
+
+def write_run(folder: Path, name: str, seed: int, reward, acc_end: float, *, lr=3e-5, grad_clip=1.0,
+              grad_norm=lambda t: 0.5 if t % 2 == 0 else 2.0, clip_frac=0.1, steps=N, prefix_lines=()):  # fmt: skip
+    """A run folder like the trainer's: config.yaml (OmegaConf) + metrics.jsonl (eval at 0, 5 and N)."""
+    folder.mkdir(parents=True)
+    cfg = {
+        "algorithm": algo(name),
+        "learner": {"lr": lr, "grad_clip": grad_clip},
+        "trainer": {
+            "seed": seed,
+            "total_steps": N,
+            "run_name": folder.name,
+            "output_dir": str(folder.parent),
+        },
+        "logger": {"jsonl": True},
+    }
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    lines = list(prefix_lines)
+    lines.append({"step": 0, "time": 1.0, "eval/arithmetic_eval/avg@1": 0.3, "eval/time_s": 3.0})
+    for t in range(1, steps + 1):
+        row = {"step": t, "time": 1.0 + t, "reward/mean": reward(t), "learner/grad_norm": grad_norm(t),
+               "learner/clip_frac": clip_frac, "learner/kl": 0.001 * t, "response/length_mean": 10.0 + t,
+               "time/step_s": 6.0}  # fmt: skip
+        if t in (5, N):
+            row["eval/arithmetic_eval/avg@1"] = 0.35 if t == 5 else acc_end
+        lines.append(row)
+    text = "".join(json.dumps(r) + "\n" for r in lines)
+    (folder / "metrics.jsonl").write_text(text)
+    (folder / "summary.json").write_text(json.dumps({"steps_logged": len(lines)}))
+
+
+def a_reward(s):
+    return lambda t: 0.05 * t + 0.02 * s
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """Arms: A grpo seeds 0-4 (+ an incomplete seed 5, seed 0 resumed); B grpo_lambda lr 3e-5 seeds 0-4 = A + shift
+    + E; C grpo_lambda lr 1e-5 seeds 0-2 = A - 0.2, grad_clip 0; D grpo_lambda_weight seeds 10-12 (no common seed)."""
+    root = tmp_path_factory.mktemp("study") / "multirun"
+    (root / ".hydra").mkdir(parents=True)
+    (root / ".hydra" / "config.yaml").write_text("a: 1\n")  # not a run: no metrics.jsonl
+    for s in SEEDS:
+        # seed 0 was resumed: an interrupted attempt logged steps 1-7 (6 and 7 with wrong numbers), then 6.. again
+        stale = []
+        if s == 0:
+            stale = [
+                {"step": t, "reward/mean": 9.0 if t >= 6 else a_reward(0)(t), "time/step_s": 6.0}
+                for t in range(1, 8)
+            ]
+        write_run(
+            root / "grpo" / str(s) / f"grpo_s{s}", "grpo", s, a_reward(s), 0.4 + 0.01 * s, prefix_lines=stale
+        )
+        write_run(root / "lam" / f"lam_s{s}", "grpo_lambda", s, lambda t, s=s: a_reward(s)(t) + REWARD_SHIFT + E[s],
+                  0.4 + 0.01 * s + ACC_SHIFT + E[s], grad_norm=lambda t: 30.0, clip_frac=0.2)  # fmt: skip
+    write_run(root / "grpo" / "5" / "grpo_s5", "grpo", 5, a_reward(5), 0.9, steps=7)  # incomplete
+    for s in SEEDS[:3]:
+        write_run(root / "lam_lr" / f"s{s}", "grpo_lambda", s, lambda t, s=s: a_reward(s)(t) - 0.2, 0.3,
+                  lr=1e-5, grad_clip=0.0)  # fmt: skip
+    for s in (10, 11, 12):
+        write_run(
+            root / "weight" / f"s{s}", "grpo_lambda_weight", s, a_reward(s - 10), 0.45 + 0.01 * (s - 10)
+        )
+    return root
+
+
+def args(**kw):
+    base = {
+        "baseline": "grpo",
+        "metric_eval": "arithmetic_eval",
+        "last": 5,
+        "bootstrap": 2000,
+        "seed": 0,
+        "delta": 0.03,
+    }
+    return sr.argparse.Namespace(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def report(study):
+    rep, runs = sr.build_report([study], args())
+    return rep, runs
+
+
+def arm(rep, label):
+    return next(a for a in rep["arms"] if a["label"] == label)
+
+
+def comparison(rep, label, metric):
+    return next(c for c in rep["comparisons"] if c["arm"] == label and c["metric"] == metric)
+
+
+def se(xs):
+    return statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def test_arms_labels_and_seed_counts(report):
+    rep, runs = report
+    labels = [a["label"] for a in rep["arms"]]
+    assert sorted(labels) == sorted(
+        ["grpo", "grpo_lambda (lr=3e-05)", "grpo_lambda (lr=1e-05)", "grpo_lambda_weight"]
+    )
+    assert {a["label"]: a["n"] for a in rep["arms"]} == {
+        "grpo": 5, "grpo_lambda (lr=3e-05)": 5, "grpo_lambda (lr=1e-05)": 3, "grpo_lambda_weight": 3}  # fmt: skip
+    assert arm(rep, "grpo")["seeds"] == SEEDS
+    assert len(runs) == 16
+    assert rep["baseline"]["label"] == "grpo"
+
+
+def test_incomplete_run_is_left_out_and_listed(report):
+    rep, _ = report
+    assert [(r["arm"], r["seed"], r["steps"], r["total_steps"]) for r in rep["incomplete"]] == [
+        ("grpo", 5, 7, 10)
+    ]
+    assert 5 not in arm(rep, "grpo")["seeds"]
+    table = sr.table_markdown(rep)
+    assert "Incomplete runs" in table and "grpo_s5" in table and "7/10 steps" in table
+
+
+def test_resumed_run_counts_each_step_once(report):
+    _, runs = report
+    run = next(r for r in runs if r.label == "grpo" and r.seed == 0)
+    assert run.training_steps() == list(range(1, N + 1))
+    assert run.summary["steps"] == N
+    assert run.summary["final_reward"] == pytest.approx(0.4)  # not the stale 9.0 of the interrupted attempt
+    assert run.summary["wall_time_s"] == pytest.approx(60.0)
+
+
+def test_table_numbers_match_hand_computation(report):
+    rep, _ = report
+    a = arm(rep, "grpo")["stats"]
+    finals = [0.4 + 0.02 * s for s in SEEDS]  # mean of 0.05 t over t = 6..10 is 0.4
+    assert a["final_reward"]["mean"] == pytest.approx(statistics.fmean(finals))
+    assert a["final_reward"]["se"] == pytest.approx(se(finals))
+    assert a["auc_reward"]["mean"] == pytest.approx(0.275 + 0.04)  # mean of 0.05 t over 1..10 = 0.275
+    assert a["acc_start"]["mean"] == pytest.approx(0.3)
+    assert a["acc_final"]["mean"] == pytest.approx(0.42)
+    assert a["acc_final"]["se"] == pytest.approx(se([0.4 + 0.01 * s for s in SEEDS]))
+    assert a["response_length"]["mean"] == pytest.approx(18.0)  # mean of 10 + t over t = 6..10
+    assert a["kl"]["mean"] == pytest.approx(0.008)
+    assert a["clip_frac"]["mean"] == pytest.approx(0.1)
+    assert a["grad_norm_median"]["mean"] == pytest.approx(1.25)  # five 0.5 and five 2.0
+    assert a["clipped_frac"]["mean"] == pytest.approx(0.5)  # 2.0 > grad_clip 1.0 on odd steps
+    assert a["wall_time_min"]["mean"] == pytest.approx(1.0)
+    b = arm(rep, "grpo_lambda (lr=3e-05)")["stats"]
+    assert b["final_reward"]["mean"] == pytest.approx(0.44 + REWARD_SHIFT)
+    assert b["grad_norm_median"]["mean"] == pytest.approx(30.0)
+    assert b["clipped_frac"]["mean"] == pytest.approx(1.0)
+    assert b["clip_frac"]["mean"] == pytest.approx(0.2)
+    c = arm(rep, "grpo_lambda (lr=1e-05)")["stats"]
+    assert c["clipped_frac"]["mean"] == 0.0  # grad_clip 0: never clipped
+    assert c["acc_final"]["n"] == 3
+    assert rep["config_differences"] == {"learner.grad_clip": ["0.0", "1.0"]}  # C's grad_clip, reported
+
+
+def test_steps_to_reach_baseline_final_reward(report):
+    rep, _ = report
+    assert rep["baseline"]["target_reward"] == pytest.approx(0.44)
+    # seed-mean curve 0.05 t + 0.04 (+ 0.1 for B); 5-step trailing mean 0.05 (t - 2) + 0.04 (+ 0.1) >= 0.44
+    assert arm(rep, "grpo")["steps_to_baseline_final"] == 10
+    assert arm(rep, "grpo_lambda (lr=3e-05)")["steps_to_baseline_final"] == 8
+    assert arm(rep, "grpo_lambda (lr=1e-05)")["steps_to_baseline_final"] is None
+    assert "not reached" in sr.table_markdown(rep)
+
+
+def test_paired_difference_is_the_known_shift(report):
+    rep, _ = report
+    sd = statistics.stdev(E)
+    for metric, shift in (("auc_reward", REWARD_SHIFT), ("acc_final", ACC_SHIFT)):
+        c = comparison(rep, "grpo_lambda (lr=3e-05)", metric)
+        assert c["pairing"] == "paired by seed" and c["seeds"] == SEEDS
+        assert c["diff"] == pytest.approx(shift)
+        lo, hi = c["ci95"]
+        assert lo <= shift <= hi and lo > 0 and c["ci_excludes_0"]
+        assert (
+            min(E) + shift - 1e-9 <= lo and hi <= max(E) + shift + 1e-9
+        )  # a bootstrap mean stays in the range
+        assert c["sd_diff"] == pytest.approx(sd)
+        assert c["n_needed_observed"] == pytest.approx((Z * sd / shift) ** 2)
+        assert c["n_needed_delta"] == pytest.approx((Z * sd / 0.03) ** 2)
+    c = comparison(rep, "grpo_lambda (lr=1e-05)", "auc_reward")
+    assert c["seeds"] == [0, 1, 2] and c["diff"] == pytest.approx(-0.2)
+
+
+def test_unpaired_comparison_without_common_seeds(report):
+    rep, _ = report
+    c = comparison(rep, "grpo_lambda_weight", "acc_final")
+    assert c["pairing"] == "unpaired (no common seeds)" and c["n_arm"] == 3 and c["n_baseline"] == 5
+    assert c["diff"] == pytest.approx(0.46 - 0.42)
+    assert c["ci95"][0] <= c["diff"] <= c["ci95"][1]
+    sd = math.sqrt(
+        statistics.variance([0.45, 0.46, 0.47]) + statistics.variance([0.4 + 0.01 * s for s in SEEDS])
+    )
+    assert c["sd_diff"] == pytest.approx(sd)
+    assert "unpaired" in sr.comparison_markdown(rep)
+
+
+def test_bootstrap_is_reproducible_with_its_seed(study):
+    one, _ = sr.build_report([study], args(seed=7))
+    two, _ = sr.build_report([study], args(seed=7))
+    assert one["comparisons"] == two["comparisons"]
+
+
+def test_statistics_helpers():
+    assert sr.steps_to_reach([1, 2, 3, 4], [0.0, 1.0, 1.0, 1.0], 1.0, 2) == 3
+    assert sr.steps_to_reach([1, 2], [0.0, 0.1], 1.0, 5) is None
+    assert sr.seeds_needed(0.1, 0.03) == pytest.approx((Z * 0.1 / 0.03) ** 2)
+    assert sr.seeds_needed(0.1, 0.0) is None and sr.seeds_needed(None, 0.03) is None
+    assert sr.mean_se([1.0, None]) == {"mean": 1.0, "se": None, "n": 1}
+
+
+def test_labels_only_name_the_fields_that_differ():
+    k1 = ("grpo_lambda", "both", "token", "trace", True, 0.99, 3e-5)
+    k2 = ("grpo_lambda", "recent", "horizon", "trace", True, 0.99, 3e-5)
+    k3 = ("grpo", "recent", "token", "ppo", True, 0.0, 3e-5)
+    labels = sr.arm_labels([k1, k2, k3])
+    assert labels == {k1: "grpo_lambda (trace_style=both, trace_anchor=token)",
+                      k2: "grpo_lambda (trace_style=recent, trace_anchor=horizon)", k3: "grpo"}  # fmt: skip
+
+
+def test_several_baseline_arms_take_the_best_by_final_reward(tmp_path):
+    for lr, shift in ((1e-5, 0.0), (3e-5, 0.1)):
+        for s in (0, 1):
+            write_run(
+                tmp_path / f"grpo_{lr:g}_{s}",
+                "grpo",
+                s,
+                lambda t, s=s, sh=shift: a_reward(s)(t) + sh,
+                0.4,
+                lr=lr,
+            )
+    rep, _ = sr.build_report([tmp_path], args())
+    assert rep["baseline"]["label"] == "grpo (lr=3e-05)"
+    assert "best of 2" in rep["baseline_note"]
+
+
+def test_cli_writes_every_output_and_reads_copied_runs(study, tmp_path):
+    # the committed form: docs/results/study/<run_name>/{config.yaml, metrics.jsonl, summary.json}
+    copies = tmp_path / "copies"
+    for cfg in study.rglob("metrics.jsonl"):
+        dst = copies / cfg.parent.name
+        dst.mkdir(parents=True)
+        for f in ("config.yaml", "metrics.jsonl", "summary.json"):
+            shutil.copy(cfg.parent / f, dst / f)
+    cmd = [sys.executable, str(_PATH), str(copies), "--bootstrap", "500"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = copies / "report"  # default: <first folder>/report
+    png = (out / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert (out / "table.md").read_text() in proc.stdout
+    assert (out / "comparison.md").read_text() in proc.stdout
+    lines = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(lines) == 16 and {
+        "run_dir",
+        "arm",
+        "seed",
+        "final_reward",
+        "acc_final",
+        "clipped_frac",
+    } <= set(lines[0])
+    rep = json.loads((out / "report.json").read_text())
+    assert {a["label"]: a["n"] for a in rep["arms"]}["grpo"] == 5
+    assert rep["incomplete"][0]["seed"] == 5
+    c = next(
+        c for c in rep["comparisons"] if c["arm"] == "grpo_lambda (lr=3e-05)" and c["metric"] == "acc_final"
+    )
+    assert c["diff"] == pytest.approx(ACC_SHIFT)
