@@ -205,11 +205,12 @@ def test_adapter_only_matches_the_merged_model(trained, tmp_path):
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    "trained", ["zero2"], indirect=True
+)  # one case: the export itself is checked per case
 def test_evaluate_scores_a_trained_run_through_its_export(trained, data_dir, tmp_path):
     """The issue's check: a run trained one step, its export evaluated on a few GSM8K prompts by the command line.
     A run folder resolves to its final/ export (no second export); a checkpoint folder is exported first."""
-    if trained["case"] != "zero2":
-        pytest.skip("one case is enough: the export itself is checked per case above")
     from grpo_lambda.evaluate import resolve_eval_model
 
     run_dir = trained["run_dir"]
