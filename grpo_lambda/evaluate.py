@@ -145,35 +145,22 @@ def load_samples(path: Path, k: int) -> dict[tuple[str, str], list[dict[str, Any
     return done
 
 
-def evaluate(cfg: Config) -> dict[str, Any]:
-    """Run the evaluation `cfg` describes (see the module docstring); returns the summary written to summary.json."""
-    from tqdm import tqdm
+def prepare(cfg: Config, model_path: Path) -> tuple[Config, dict[str, list], int]:
+    """The run's config for evaluation (responses of eval.max_response_tokens, engines alone), the formatted
+    prompt sets, and the engine context: prompt + response, at most the model's positions (a long prompt then
+    leaves its response fewer tokens: such responses end as truncated)."""
     from transformers import AutoTokenizer
 
     from grpo_lambda.data.datasets import build_eval_rows
     from grpo_lambda.data.templates import PromptFormatter
-    from grpo_lambda.eval import report
-    from grpo_lambda.eval.runner import Evaluator, eval_spec, record_key
-    from grpo_lambda.launch import VERIFIER_CPUS, init_ray, place, release
-    from grpo_lambda.rewards import VerifierPool
-    from grpo_lambda.rollout.group import RolloutGroup
-    from grpo_lambda.utils import atomic_write_json, atomic_write_text, step_seed
 
-    t0, e, k = time.perf_counter(), cfg.eval, cfg.eval.samples_per_prompt
-    out = output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    model_path = resolve_eval_model(cfg.model.path, out)
-    max_tokens = e.max_response_tokens or cfg.model.max_response_tokens
+    max_tokens = cfg.eval.max_response_tokens or cfg.model.max_response_tokens
     cfg = dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, max_response_tokens=max_tokens),
-        cluster=dataclasses.replace(
-            cfg.cluster, placement="split"
-        ),  # the engines alone: nothing to colocate with
-        rollout=dataclasses.replace(cfg.rollout, max_staleness=0),  # engines use every core
+        cluster=dataclasses.replace(cfg.cluster, placement="split"),  # nothing to colocate with
+        rollout=dataclasses.replace(cfg.rollout, max_staleness=0),  # a CPU engine uses every core
     )
-    # The engine's context: prompt + response, at most the model's positions (a long prompt then leaves its
-    # response fewer tokens: such responses end as truncated).
     max_model_len = cfg.model.max_prompt_tokens + max_tokens
     max_positions = model_positions(model_path)
     if max_positions is not None and max_positions < max_model_len:
@@ -191,12 +178,53 @@ def evaluate(cfg: Config) -> dict[str, Any]:
                 f"{cfg.model.max_prompt_tokens}, the model's context {max_model_len}; e.g. {dropped[0]!r}): raise "
                 "model.max_prompt_tokens so every prompt is scored"
             )
+    return cfg, sets, max_model_len
+
+
+def sample_pending(evaluator, cfg: Config, sets: dict[str, list], done: dict, samples_file, bar) -> None:
+    """Generate and grade every chunk that holds an unfinished prompt, appending its new records to
+    `samples_file` (flushed and fsynced per chunk) and to `done`. Chunk c of a dataset always holds the same
+    prompts and samples with the same seed, so a resumed evaluation regenerates exactly what was lost."""
+    from grpo_lambda.eval.runner import eval_spec, record_key
+    from grpo_lambda.utils import step_seed
+
+    chunk = max(1, SAMPLES_PER_ENGINE_CALL // cfg.eval.samples_per_prompt) * cfg.rollout.num_workers
+    for name, prompts in sets.items():
+        for c in range(0, len(prompts), chunk):
+            part = prompts[c : c + chunk]
+            if all((name, p.id) in done for p in part):
+                continue
+            spec = eval_spec(cfg, step_seed(cfg.trainer.seed, c // chunk, f"eval/{name}"))
+            new = [r for r in evaluator.sample(part, spec) if record_key(r) not in done]
+            samples_file.write("".join(json.dumps(r) + "\n" for r in new))
+            samples_file.flush()
+            os.fsync(samples_file.fileno())
+            for r in new:
+                done.setdefault(record_key(r), []).append(r)
+            bar.update(len(new))
+
+
+def evaluate(cfg: Config) -> dict[str, Any]:
+    """Run the evaluation `cfg` describes (see the module docstring); returns the summary written to summary.json."""
+    from tqdm import tqdm
+
+    from grpo_lambda.eval import report
+    from grpo_lambda.eval.runner import Evaluator
+    from grpo_lambda.launch import VERIFIER_CPUS, init_ray, place, release
+    from grpo_lambda.rewards import VerifierPool
+    from grpo_lambda.rollout.group import RolloutGroup
+    from grpo_lambda.utils import atomic_write_json, atomic_write_text
+
+    t0, k = time.perf_counter(), cfg.eval.samples_per_prompt
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = resolve_eval_model(cfg.model.path, out)
+    cfg, sets, max_model_len = prepare(cfg, model_path)
     check_settings(out, settings(cfg, model_path))
     done = load_samples(out / SAMPLES, k)
-    wanted = {(name, p.id) for name, prompts in sets.items() for p in prompts}
-    total = len(wanted) * k
+    wanted = [(name, p.id) for name, prompts in sets.items() for p in prompts]
     print(f"[grpo-lambda] evaluating {model_path} on {', '.join(f'{n} ({len(p)})' for n, p in sets.items())}, "
-          f"k={k}, T={e.temperature}, -> {out}" + (f" (resuming: {len(done)} prompts done)" if done else ""))  # fmt: skip
+          f"k={k}, T={cfg.eval.temperature}, -> {out}" + (f" (resuming: {len(done)} prompts done)" if done else ""))  # fmt: skip
 
     gpus = init_ray(cfg)
     verifier = VerifierPool(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s, use_ray=True,
@@ -206,25 +234,12 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     try:
         rollout = RolloutGroup(cfg, str(model_path), placement["rollout"], gpus, max_model_len=max_model_len)
         evaluator = Evaluator(rollout, verifier, cfg.reward)
-        chunk = max(1, SAMPLES_PER_ENGINE_CALL // k) * cfg.rollout.num_workers
-        bar = tqdm(total=total, initial=sum(len(done.get(key, [])) for key in wanted), unit="sample",
+        bar = tqdm(total=len(wanted) * k, initial=sum(len(done.get(key, [])) for key in wanted), unit="sample",
                    desc="eval", dynamic_ncols=True)  # fmt: skip
         with open(out / SAMPLES, "a", encoding="utf-8") as f:
-            for name, prompts in sets.items():
-                for c in range(0, len(prompts), chunk):
-                    part = prompts[c : c + chunk]
-                    if all((name, p.id) in done for p in part):
-                        continue
-                    spec = eval_spec(cfg, step_seed(cfg.trainer.seed, c // chunk, f"eval/{name}"))
-                    new = [r for r in evaluator.sample(part, spec) if record_key(r) not in done]
-                    f.write("".join(json.dumps(r) + "\n" for r in new))
-                    f.flush()
-                    os.fsync(f.fileno())
-                    for r in new:
-                        done.setdefault(record_key(r), []).append(r)
-                    bar.update(len(new))
+            sample_pending(evaluator, cfg, sets, done, f, bar)
         bar.close()
-        records = [r for name, prompts in sets.items() for p in prompts for r in done[(name, p.id)]]
+        records = [r for key in wanted for r in done[key]]
         maj = evaluator.majority(records)
     finally:
         if rollout is not None:
@@ -234,7 +249,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
 
     summary = report.summarize(records, maj, k)
     summary["meta"] = {**settings(cfg, model_path), "model": cfg.model.path, "datasets": list(sets),
-                       "max_prompts_per_dataset": e.max_prompts_per_dataset,
+                       "max_prompts_per_dataset": cfg.eval.max_prompts_per_dataset,
                        "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
     atomic_write_json(out / SUMMARY, summary)
     table = report.render_table(summary)
@@ -249,10 +264,12 @@ def evaluate(cfg: Config) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
 def _main(dcfg: DictConfig) -> None:
+    from grpo_lambda.export import ExportError
+
     cfg = to_config(dcfg)
     try:
         evaluate(cfg)
-    except EvalError as exc:
+    except (EvalError, ExportError) as exc:  # what to change, in one line
         raise SystemExit(f"Evaluation error: {exc}") from None
 
 
