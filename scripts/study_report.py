@@ -377,9 +377,12 @@ def compare(
         "sd_diff": sd,
     }
     if len(a) and len(b):
-        diff = float(a.mean() - b.mean())
+        out["diff"] = float(a.mean() - b.mean())
+    if (
+        sd is not None
+    ):  # an interval needs ≥ 2 pairs (or ≥ 2 seeds per arm): one seed has no spread to resample
         lo, hi = bootstrap_ci(a, b, paired, resamples, seed)
-        out.update(diff=diff, ci95=[lo, hi], ci_excludes_0=bool(lo > 0 or hi < 0))
+        out.update(ci95=[lo, hi], ci_excludes_0=bool(lo > 0 or hi < 0))
     out["n_needed_observed"] = seeds_needed(sd, out["diff"])
     out["n_needed_delta"] = seeds_needed(sd, delta)
     out["delta"] = delta

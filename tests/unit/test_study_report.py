@@ -308,3 +308,13 @@ def test_cli_writes_every_output_and_reads_copied_runs(study, tmp_path):
         c for c in rep["comparisons"] if c["arm"] == "grpo_lambda (lr=3e-05)" and c["metric"] == "acc_final"
     )
     assert c["diff"] == pytest.approx(ACC_SHIFT)
+
+
+def test_one_pair_gives_a_difference_but_no_interval():
+    class R:
+        def __init__(self, seed, value):
+            self.seed, self.summary = seed, {"acc_final": value}
+
+    out = sr.compare([R(0, 0.6)], [R(0, 0.5)], "acc_final", 1000, 0, 0.03)
+    assert out["diff"] == pytest.approx(0.1)
+    assert out["ci95"] is None and out["ci_excludes_0"] is None and out["sd_diff"] is None
