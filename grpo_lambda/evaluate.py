@@ -121,6 +121,7 @@ def check_settings(out: Path, wanted: dict[str, Any]) -> None:
 def load_samples(path: Path, k: int) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """The complete prompts (k records each) of a previous evaluation's samples.jsonl. A torn last line (the run
     was killed mid-write) or incomplete prompts are dropped and the file rewritten without them."""
+    from grpo_lambda.eval.report import problem_key
     from grpo_lambda.utils import atomic_write_text
 
     if not path.is_file():
@@ -138,7 +139,7 @@ def load_samples(path: Path, k: int) -> dict[tuple[str, str], list[dict[str, Any
             raise EvalError(
                 f"{path}:{i}: not JSON; move the file away to start this evaluation afresh"
             ) from None
-        by_prompt.setdefault((rec["dataset"], rec["id"]), []).append(rec)
+        by_prompt.setdefault(problem_key(rec), []).append(rec)
     done = {key: recs for key, recs in by_prompt.items() if len(recs) == k}
     if rewrite or len(done) != len(by_prompt):
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for recs in done.values() for r in recs))
@@ -185,7 +186,8 @@ def sample_pending(evaluator, cfg: Config, sets: dict[str, list], done: dict, sa
     """Generate and grade every chunk that holds an unfinished prompt, appending its new records to
     `samples_file` (flushed and fsynced per chunk) and to `done`. Chunk c of a dataset always holds the same
     prompts and samples with the same seed, so a resumed evaluation regenerates exactly what was lost."""
-    from grpo_lambda.eval.runner import eval_spec, record_key
+    from grpo_lambda.eval.report import problem_key
+    from grpo_lambda.eval.runner import eval_spec
     from grpo_lambda.utils import step_seed
 
     chunk = max(1, SAMPLES_PER_ENGINE_CALL // cfg.eval.samples_per_prompt) * cfg.rollout.num_workers
@@ -195,12 +197,12 @@ def sample_pending(evaluator, cfg: Config, sets: dict[str, list], done: dict, sa
             if all((name, p.id) in done for p in part):
                 continue
             spec = eval_spec(cfg, step_seed(cfg.trainer.seed, c // chunk, f"eval/{name}"))
-            new = [r for r in evaluator.sample(part, spec) if record_key(r) not in done]
+            new = [r for r in evaluator.sample(part, spec) if problem_key(r) not in done]
             samples_file.write("".join(json.dumps(r) + "\n" for r in new))
             samples_file.flush()
             os.fsync(samples_file.fileno())
             for r in new:
-                done.setdefault(record_key(r), []).append(r)
+                done.setdefault(problem_key(r), []).append(r)
             bar.update(len(new))
 
 

@@ -351,17 +351,19 @@ def _reward(c: _Checker, r: RewardConfig) -> None:
     c.check(r.format_weight >= 0, "reward.format_weight", r.format_weight, "must be >= 0")
 
 
-def _check_data_files(c: _Checker, key: str, names: list[str], data_dir: Path) -> None:
-    """Every name (a file, or an eval dataset's file stem) must be a file in `data_dir` (or a path)."""
+def _check_data_files(c: _Checker, key: str, names: list[str], data_dir: Path, stems: bool = False) -> None:
+    """Every name must be a file in `data_dir` (or a path); with `stems` (eval.datasets) a name without a suffix
+    means <name>.jsonl, as build_eval_rows reads it."""
     from grpo_lambda.data.datasets import dataset_file
 
     for i, name in enumerate(names):
-        if not resolve_data_file(dataset_file(name), data_dir).is_file():
+        file = dataset_file(name) if stems else name
+        if not resolve_data_file(file, data_dir).is_file():
             have = sorted(p.name for p in data_dir.glob("*.jsonl")) if data_dir.is_dir() else []
             where = f"in data.data_dir={str(data_dir)!r}"
             if not data_dir.is_dir():
                 where = f"({where[3:]} does not exist: set data.data_dir or ${DATA_DIR_ENV})"
-            c.fail(f"{key}[{i}]={name!r} not found {where}{did_you_mean(dataset_file(name), have)}")
+            c.fail(f"{key}[{i}]={name!r} not found {where}{did_you_mean(file, have)}")
 
 
 def _eval_trainer(c: _Checker, cfg: Config, check_files: bool) -> None:
@@ -377,7 +379,11 @@ def _eval_trainer(c: _Checker, cfg: Config, check_files: bool) -> None:
     c.check(len(set(e.datasets)) == len(e.datasets), "eval.datasets", e.datasets, "lists a dataset twice")
     if check_files and e.datasets:
         _check_data_files(
-            c, "eval.datasets", e.datasets, Path(cfg.data.data_dir or default_data_dir()).expanduser()
+            c,
+            "eval.datasets",
+            e.datasets,
+            Path(cfg.data.data_dir or default_data_dir()).expanduser(),
+            stems=True,
         )
     c.check(0 < e.top_p <= 1, "eval.top_p", e.top_p, "must be in (0, 1]")
     for key in ("max_response_tokens", "max_prompts_per_dataset"):

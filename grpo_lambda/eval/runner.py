@@ -11,19 +11,17 @@ eval/report.py reduces the records to avg@k, pass@j and maj@k.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 from grpo_lambda.config.schema import Config, RewardConfig
 from grpo_lambda.data.templates import Prompt
 from grpo_lambda.eval.metrics import maj_at_k
+from grpo_lambda.eval.report import ProblemKey, group_by_problem
 from grpo_lambda.rewards import VerifyRequest
 from grpo_lambda.rewards.extract import normalize_answer
 from grpo_lambda.rewards.verifiers import extract_answer
 from grpo_lambda.rollout.sampling import SamplingSpec
-
-Key = tuple[str, str]  # (dataset, prompt id)
 
 
 def eval_spec(cfg: Config, seed: int | None) -> SamplingSpec:
@@ -31,10 +29,6 @@ def eval_spec(cfg: Config, seed: int | None) -> SamplingSpec:
     e = cfg.eval
     return SamplingSpec(n=e.samples_per_prompt, temperature=e.temperature, top_p=e.top_p if e.temperature else 1.0,
                         max_tokens=e.max_response_tokens or cfg.model.max_response_tokens, seed=seed)  # fmt: skip
-
-
-def record_key(record: dict[str, Any]) -> Key:
-    return record["dataset"], record["id"]
 
 
 class Evaluator:
@@ -66,13 +60,11 @@ class Evaluator:
             records.append(rec)
         return records
 
-    def majority(self, records: Sequence[dict[str, Any]]) -> dict[Key, float]:
+    def majority(self, records: Sequence[dict[str, Any]]) -> dict[ProblemKey, float]:
         """maj@k of every prompt in `records`: its extracted answers grouped by equivalence, as the prompt's verifier
         decides it (answer b graded against answer a as gold; pairs of equal normal forms are equal without a
         check), then `metrics.maj_at_k` (largest class wins; a tie scores the fraction of tied classes correct)."""
-        by_prompt: dict[Key, list[dict[str, Any]]] = defaultdict(list)
-        for rec in records:
-            by_prompt[record_key(rec)].append(rec)
+        by_prompt = group_by_problem(records)
         pairs: list[tuple[str, str, str]] = []  # (verifier, a, b) to check
         for recs in by_prompt.values():
             distinct = _distinct_answers(recs)

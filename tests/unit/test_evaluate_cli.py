@@ -71,3 +71,9 @@ def test_output_dir_defaults_to_the_model_folder_name(tmp_path):
     cfg = load_config([f"model.path={tmp_path}/my_run/", "trainer.output_dir=/x"], config_name="evaluate",
                       check_files=False)  # fmt: skip
     assert str(output_dir(cfg)) == "/x/eval/my_run"
+
+
+def test_only_eval_datasets_take_file_stems():
+    load_config(["eval.datasets=[gsm8k_test]"], config_name="evaluate")  # gsm8k_test.jsonl
+    with pytest.raises(ConfigError, match=r"data.train_files\[0\]='gsm8k_train' not found"):
+        load_config(["data=gsm8k", "data.train_files=[gsm8k_train]"])  # the trainer reads names as given
