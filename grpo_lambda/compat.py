@@ -11,13 +11,16 @@ that reads an engine's weights back.)
 | `deepspeed.ops.__compatible_ops__` | DeepSpeed 0.19.8 | skip the shared-memory comm op's JIT build |
 | ZeRO-3 parameter attributes `ds_id`, `ds_numel` | DeepSpeed 0.19.8 | tell partitioned parameters apart, count them |
 | `optimizer._global_grad_norm` | DeepSpeed 0.19.8 | whether DeepSpeed records the global grad norm |
-| `ProcessGroupGloo` / `ProcessGroupNCCL` constructors, `ProcessGroupNCCL.Options._timeout` | torch 2.13 | the weight-sync group beside DeepSpeed's default group |
+| the classes DeepSpeed pickles into its checkpoint files; its `torch.load(weights_only=False)` calls | DeepSpeed 0.19.8 | load checkpoints with `weights_only=True` |
+| `ProcessGroupGloo` / `ProcessGroupNCCL` constructors, `ProcessGroupNCCL.Options._timeout`, `ProcessGroupGloo._Options._devices` | torch 2.13 | the weight-sync group beside DeepSpeed's default group, on a given address |
 | `ray._private.authentication...maybe_enable_token_auth_if_token_available` | Ray 2.60 | a client joining a token-auth cluster |
-| `ray.init(_node_ip_address=...)` | Ray 2.60 | keep a local cluster's ports on 127.0.0.1 |
+| `ray.init(_node_ip_address=...)`, `ray._private.ray_constants.ENABLE_RAY_CLUSTER` | Ray 2.60 | keep a local cluster's ports on 127.0.0.1 |
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -56,17 +59,64 @@ def deepspeed_records_grad_norm(optimizer: Any) -> bool:
     return hasattr(optimizer, "_global_grad_norm")
 
 
+def deepspeed_checkpoint_globals() -> list[type]:
+    """The Python classes DeepSpeed 0.19.8 pickles into the checkpoint files our learner writes, besides tensors and
+    plain containers (`torch.serialization.get_unsafe_globals_in_checkpoint` over ZeRO 0-3, fp32 and bf16, full and
+    LoRA checkpoints): the loss scaler's state and the ZeRO stage in `*_optim_states.pt`, and the bf16 optimiser's
+    `param_slice_mappings` entries. The model-state files hold none. `torch.load(weights_only=True)` accepts these
+    and nothing else (`weights_only_torch_load`)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextmanager
+def weights_only_torch_load(allowed: Sequence[type] = ()) -> Iterator[None]:
+    """Inside the block every `torch.load` runs with `weights_only=True`, allowing `allowed` classes besides tensors
+    and plain containers, including the calls DeepSpeed 0.19.8 makes with `weights_only=False` (its
+    `TorchCheckpointEngine.load`, used by `engine.load_checkpoint`, and `utils.zero_to_fp32`). A file holding any
+    other Python object raises `pickle.UnpicklingError` naming it instead of running it.
+
+    It replaces the `torch.load` attribute for the block (DeepSpeed calls it as `torch.load`), so it applies to every
+    thread of the process meanwhile: use it around a load, not around a run."""
+    import torch
+
+    real_load = torch.load
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return real_load(*args, **kwargs)
+
+    with torch.serialization.safe_globals(list(allowed)):
+        torch.load = load
+        try:
+            yield
+        finally:
+            torch.load = real_load
+
+
 # ------------------------------------------------------------------------------------------------ torch
-def new_process_group(backend: str, store: Any, rank: int, world_size: int, timeout: timedelta) -> Any:
+def new_process_group(
+    backend: str, store: Any, rank: int, world_size: int, timeout: timedelta, host: str | None = None
+) -> Any:
     """A gloo or NCCL process group on `store`, independent of torch.distributed's default group (torch 2.13).
 
     The raw constructors are the only way to build a group without `init_process_group`, which DeepSpeed (learner)
     and vLLM (engines) already own in the same processes. NCCL takes its timeout through the private
-    `Options._timeout`; every collective on the group then fails after `timeout` instead of hanging."""
+    `Options._timeout`; every collective on the group then fails after `timeout` instead of hanging. `host` (gloo):
+    the address this rank's gloo connections listen on (`_Options._devices`); None = gloo's default, the address
+    the machine's hostname resolves to."""
     import torch.distributed as dist
 
     if backend == "gloo":
-        return dist.ProcessGroupGloo(store, rank, world_size, timeout)
+        if host is None:
+            return dist.ProcessGroupGloo(store, rank, world_size, timeout)
+        options = dist.ProcessGroupGloo._Options()
+        options._timeout = timeout
+        options._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
+        return dist.ProcessGroupGloo(store, rank, world_size, options)
     if backend == "nccl":
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = timeout
@@ -91,7 +141,25 @@ def use_ray_token_if_available() -> bool:
     return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
-def ray_init_bind_localhost() -> dict[str, str]:
-    """`ray.init` keyword arguments that keep a local cluster's ports on 127.0.0.1 (Ray 2.60: the private
-    `_node_ip_address`; without it Ray binds to the eth0 address)."""
-    return {"_node_ip_address": "127.0.0.1"}
+@contextmanager
+def ray_bind_localhost() -> Iterator[dict[str, str]]:
+    """`ray.init` keyword arguments that keep a local cluster on 127.0.0.1 (Ray 2.60); call ray.init inside:
+
+        with ray_bind_localhost() as kwargs:
+            ray.init(num_cpus=4, **kwargs)
+
+    The private `_node_ip_address="127.0.0.1"` alone does nothing on Linux: ray.init turns a loopback address into
+    the node's LAN IP (`services.resolve_ip_for_localhost` -> `get_node_ip_address`) unless
+    `ray_constants.ENABLE_RAY_CLUSTER` is False, as it is by default on macOS and Windows. So the block sets it False
+    while ray.init resolves the address. With the node's IP 127.0.0.1 every server Ray starts listens on loopback
+    only: the GCS, raylet, object-manager and worker gRPC servers (`listen_to_localhost_only` when the node IP is
+    127.0.0.1), the dashboard agent, the runtime-env agent and the metrics endpoints (`is_localhost(node_ip)`);
+    otherwise they listen on every interface. tests/integration/test_security.py checks the sockets."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield {"_node_ip_address": "127.0.0.1"}
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved

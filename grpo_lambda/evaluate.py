@@ -266,6 +266,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
 def _main(dcfg: DictConfig) -> None:
+    from grpo_lambda.data.jsonl import DataError
     from grpo_lambda.export import ExportError
 
     cfg = to_config(dcfg)
@@ -273,6 +274,8 @@ def _main(dcfg: DictConfig) -> None:
         evaluate(cfg)
     except (EvalError, ExportError) as exc:  # what to change, in one line
         raise SystemExit(f"Evaluation error: {exc}") from None
+    except DataError as exc:  # a malformed eval file: file:line, before Ray starts
+        raise SystemExit(f"Data error: {exc}") from None
 
 
 def main() -> None:

@@ -157,21 +157,23 @@ def gather_fp32_state_dict(ds_dir: str | os.PathLike, wanted: set[str] | None = 
     parameters where DeepSpeed saved them. Names in `wanted` still missing afterwards are taken from the saved
     module state dict (ZeRO <= 2 keeps full tensors there: frozen parameters under ZeRO-1, everything under
     ZeRO-0, whose checkpoint has no partitioned optimiser files)."""
-    import torch
-
     ds_dir = Path(ds_dir)
     state: dict[str, Any] = {}
     optim_files = sorted(ds_dir.glob("*_optim_states.pt"), key=_rank_of)
     model_states = ds_dir / "mp_rank_00_model_states.pt"  # ZeRO <= 2 (ZeRO-3: zero_pp_rank_*_model_states.pt)
     if optim_files:
-        peek = torch.load(optim_files[0], map_location="cpu", mmap=True, weights_only=False)
+        peek = load_checkpoint_file(optim_files[0], mmap=True)
         optim = peek.get("optimizer_state_dict", {})
         if "zero_stage" in optim:  # a ZeRO optimiser (stage 1, 2 or 3)
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             del peek, optim
             quiet = io.StringIO()  # zero_to_fp32 prints a few progress lines of its own
-            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            with (
+                contextlib.redirect_stdout(quiet),
+                contextlib.redirect_stderr(quiet),
+                weights_only_loads(ds_dir),
+            ):
                 state = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir.parent), tag=ds_dir.name)
         elif "param_slice_mappings" in optim and model_states.is_file():  # bf16 without ZeRO partitioning
             del peek, optim
@@ -180,11 +182,45 @@ def gather_fp32_state_dict(ds_dir: str | os.PathLike, wanted: set[str] | None = 
             raise ExportError(f"{optim_files[0]} is an optimiser state this DeepSpeed version's export does not "
                               "know (neither ZeRO nor BF16_Optimizer)")  # fmt: skip
     if model_states.is_file() and (not state or (wanted is not None and set(wanted) - set(state))):
-        module = torch.load(model_states, map_location="cpu", weights_only=False)["module"]
+        module = load_checkpoint_file(model_states)["module"]
         for name, value in module.items():
             if name not in state and (wanted is None or name in wanted):
                 state[name] = value.float() if value.is_floating_point() else value
     return state
+
+
+def load_checkpoint_file(file: Path, mmap: bool = False) -> Any:
+    """`torch.load(weights_only=True)` of a DeepSpeed checkpoint file: tensors, plain containers and the few classes
+    DeepSpeed itself pickles (`compat.deepspeed_checkpoint_globals`); anything else is an ExportError, never run."""
+    import torch
+
+    with weights_only_loads(file):
+        return torch.load(file, map_location="cpu", mmap=mmap, weights_only=True)
+
+
+@contextlib.contextmanager
+def weights_only_loads(where: Path):
+    """Every `torch.load` in the block (DeepSpeed's `zero_to_fp32` too) with `weights_only=True`, allowing DeepSpeed's
+    checkpoint classes only; a file holding other Python objects is an ExportError naming `where`."""
+    import pickle
+
+    from grpo_lambda.compat import deepspeed_checkpoint_globals, weights_only_torch_load
+
+    try:
+        with weights_only_torch_load(deepspeed_checkpoint_globals()):
+            yield
+    except pickle.UnpicklingError as exc:
+        raise ExportError(
+            f"{where}: refused to load: it holds Python objects other than tensors and DeepSpeed's checkpoint "
+            f"state ({_unpickling_reason(exc)}); export only checkpoints you trust, written by grpo-lambda"
+        ) from None
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """The line of torch's weights-only error that names the refused global (torch 2.13), else its first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line]
+    return (named or lines or [type(exc).__name__])[0][:200]
 
 
 def _rank_of(path: Path) -> int:
@@ -200,11 +236,11 @@ def _bf16_optimizer_fp32_state_dict(optim_files: list[Path], model_states: Path)
     import torch
 
     shapes: dict[str, Any] = {}
-    for group in torch.load(model_states, map_location="cpu", weights_only=False)["param_shapes"]:
+    for group in load_checkpoint_file(model_states)["param_shapes"]:
         shapes.update(group)
     pieces: dict[str, list] = {}
     for file in optim_files:  # rank order
-        optim = torch.load(file, map_location="cpu", mmap=True, weights_only=False)["optimizer_state_dict"]
+        optim = load_checkpoint_file(file, mmap=True)["optimizer_state_dict"]
         for part, mapping in zip(optim["single_partition_of_fp32_groups"], optim["param_slice_mappings"]):
             for name, address in mapping.items():
                 pieces.setdefault(name, []).append(part.narrow(0, address.start, address.numel))

@@ -6,17 +6,25 @@ Plain functions of the run's `Config`; `Trainer.__init__` calls them, then build
 
 from __future__ import annotations
 
+import contextlib
 import os
 
-from grpo_lambda.compat import ray_init_bind_localhost, use_ray_token_if_available
+from grpo_lambda.compat import ray_bind_localhost, use_ray_token_if_available
 from grpo_lambda.config.schema import Config
 
 VERIFIER_CPUS = 0.5  # Ray CPUs reserved per verifier actor (its checks run in subprocesses)
 
 
+DASHBOARD_HOST = "127.0.0.1"  # the dashboard (cluster.ray_dashboard=true): reachable from this machine only
+
+
 def init_ray(cfg: Config) -> float:
     """Join `cluster.address` or start a local Ray sized for this run's actors (logical CPUs may exceed cores).
-    Returns the GPUs per actor this run uses: 1.0 when the cluster has GPUs, else 0.0."""
+    Returns the GPUs per actor this run uses: 1.0 when the cluster has GPUs, else 0.0.
+
+    A local Ray listens on 127.0.0.1 only with `cluster.bind_localhost` (the default; else on every interface) and
+    starts no dashboard unless `cluster.ray_dashboard` (then on 127.0.0.1). A joined cluster keeps the addresses
+    it was started with (`ray start`). See docs/security.md."""
     import ray
 
     if not ray.is_initialized():
@@ -28,9 +36,10 @@ def init_ray(cfg: Config) -> float:
         else:
             needed = (cfg.rollout.num_workers + cfg.learner.world_size * cfg.learner.num_cpus_per_rank
                       + cfg.reward.num_workers * VERIFIER_CPUS + 1)  # fmt: skip
-            kwargs = ray_init_bind_localhost() if c.bind_localhost else {}
-            ray.init(num_cpus=c.num_cpus or max(int(needed + 0.999), os.cpu_count() or 1), num_gpus=c.num_gpus,
-                     include_dashboard=c.ray_dashboard, runtime_env={"env_vars": env}, **kwargs)  # fmt: skip
+            with ray_bind_localhost() if c.bind_localhost else contextlib.nullcontext({}) as kwargs:
+                ray.init(num_cpus=c.num_cpus or max(int(needed + 0.999), os.cpu_count() or 1), num_gpus=c.num_gpus,
+                         include_dashboard=c.ray_dashboard, dashboard_host=DASHBOARD_HOST,
+                         runtime_env={"env_vars": env}, **kwargs)  # fmt: skip
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 

@@ -7,10 +7,13 @@ python -m grpo_lambda.train algorithm.lam=0.5 learner=zero3   # any key; a missp
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from grpo_lambda.config import CONF_DIR, check_overrides_or_exit, to_config
+from grpo_lambda.data.jsonl import DataError
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -18,7 +21,18 @@ def _main(dcfg: DictConfig) -> None:
     from grpo_lambda.trainer import Trainer
 
     cfg = to_config(dcfg)
-    Trainer(cfg).run()
+    try:
+        trainer = Trainer(cfg)  # reads every data file before Ray starts
+    except DataError as exc:  # file:line and what to do, in one line (like a config error)
+        print(f"Data error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    from grpo_lambda.checkpoint import CheckpointError
+
+    try:
+        trainer.run()
+    except CheckpointError as exc:  # trainer.on_checkpoint_error=stop: folder, cause and last good checkpoint
+        print(f"Checkpoint error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def main() -> None:

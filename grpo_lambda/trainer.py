@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from grpo_lambda import checkpoint
+from grpo_lambda import checkpoint, leftovers
 from grpo_lambda.algorithms import compute_advantages
 from grpo_lambda.config.schema import Config
 from grpo_lambda.data.datasets import build_eval_rows, build_train_rows
@@ -27,7 +28,7 @@ from grpo_lambda.eval import report
 from grpo_lambda.eval.runner import Evaluator, eval_spec
 from grpo_lambda.launch import VERIFIER_CPUS, init_ray, place, release
 from grpo_lambda.learner.batch import LearnerBatch, build_batch
-from grpo_lambda.learner.group import LearnerGroup
+from grpo_lambda.learner.group import LearnerFailure, LearnerGroup
 from grpo_lambda.models import resolve_model
 from grpo_lambda.rewards import VerifierPool, VerifyRequest, VerifyResult, outcome_metrics
 from grpo_lambda.rollout.group import RolloutGroup
@@ -56,6 +57,7 @@ class Trainer:
 
         self.cfg, self.timer = cfg, Timer()
         set_seed(cfg.trainer.seed)
+        train_rows, eval_rows = build_train_rows(cfg), build_eval_rows(cfg)  # DataError before Ray starts
         self.model_path = str(resolve_model(cfg.model.path))
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_path or self.model_path)
         self.pad_id = (
@@ -63,15 +65,17 @@ class Trainer:
         )
         self.formatter = PromptFormatter(tokenizer, cfg.data.prompt_template, cfg.model.use_chat_template,
                                          cfg.model.max_prompt_tokens)  # fmt: skip
-        prompts, dropped = self.formatter.format_rows(build_train_rows(cfg))
+        prompts, dropped = self.formatter.format_rows(train_rows)
         if dropped:
             print(f"[grpo-lambda] dropped {len(dropped)} prompts longer than model.max_prompt_tokens")
         self.sampler = PromptSampler(prompts, cfg.data.prompts_per_step, cfg.data.seed, cfg.data.shuffle)
-        self.eval_sets = {
-            name: self.formatter.format_rows(rows)[0] for name, rows in build_eval_rows(cfg).items()
-        }
+        self.eval_sets = {name: self.formatter.format_rows(rows)[0] for name, rows in eval_rows.items()}
 
+        reaped = leftovers.reap(cfg.run_dir)  # what a killed driver of this run left running (docs/faults.md)
+        if reaped:
+            print(f"[grpo-lambda] ended processes {reaped}, left by a killed driver of this run")
         gpus = init_ray(cfg)
+        leftovers.record(cfg.run_dir)  # Ray's processes, for the next start should this driver be killed
         self.verifier = VerifierPool(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s, use_ray=True,
                                      num_cpus_per_worker=VERIFIER_CPUS)  # fmt: skip
         self.placement = place(cfg, gpus)
@@ -82,10 +86,13 @@ class Trainer:
             self.rollout, self.sampler, self._step_spec, cfg.max_staleness_for(gpus)
         )
         self.step_num = 0
+        self.consecutive_skips = 0  # steps in a row whose every optimiser update was skipped (non-finite)
+        self.checkpoint_failures = 0  # checkpoints not written (trainer.on_checkpoint_error=warn)
         resume_from = checkpoint.find_resume(cfg.run_dir, cfg.trainer.resume)
         if resume_from is not None:
             self._restore(resume_from)
         self.tracker = Tracker.for_run(cfg, start_step=self.step_num)
+        leftovers.record(cfg.run_dir)  # now with the actors' processes
 
     # -------------------------------------------------------------------------------------- one step
     def step(self) -> dict[str, float]:
@@ -113,14 +120,15 @@ class Trainer:
                 batch = batch.replace(ref_logp=self.learner.compute_logp(batch, reference=True))
         with timer("update"):
             metrics = self.learner.train_step(batch)
-        self._require_finite(metrics["learner/loss"])
+        weights_changed = self._require_finite(metrics)
         with timer("wake", record=self.rollout.sleep_mode):
             self.rollout.wake_up()
         if self.pipeline.k > 0:
             with timer("learner_wait"):
                 self.pipeline.drain()  # the engines take weights between whole generate calls
-        with timer("sync"):
-            self.weight_sync.push()
+        if weights_changed:  # else the engines already hold these weights: they keep them and their version
+            with timer("sync"):
+                self.weight_sync.push()
         metrics.update(self._rollout_metrics(rollout, adv))
         metrics.update(self._pipeline_metrics(generated, rollout, version))
         self.tracker.log_batch(self.step_num + 1, self._batch_record(rollout))
@@ -176,12 +184,27 @@ class Trainer:
                            behaviour_logp=[s.response_logp for s in flat],  # log μ: behaviour_is, mismatch
                            pad_token_id=self.pad_id)  # fmt: skip
 
-    def _require_finite(self, loss: float) -> None:
-        if not math.isfinite(loss):
+    def _require_finite(self, metrics: dict[str, float]) -> bool:
+        """Whether the update changed the weights. The learner skips an optimiser update whose loss or gradient
+        is non-finite on any rank (weights and optimiser state stay as they were: docs/faults.md); a step whose
+        every update was skipped counts towards trainer.max_consecutive_skips, past which the run stops."""
+        loss, skipped = metrics["learner/loss"], int(metrics.get("learner/skipped_steps", 0))
+        updates = int(metrics["learner/num_updates"])
+        if skipped:
+            print(f"[grpo-lambda] step {self.step_num + 1}: {skipped} of {updates} optimiser updates skipped "
+                  "(non-finite loss or gradient on a learner rank)")  # fmt: skip
+        changed = skipped < updates
+        self.consecutive_skips = 0 if changed else self.consecutive_skips + 1
+        limit = self.cfg.trainer.max_consecutive_skips
+        if self.consecutive_skips > limit or (changed and not math.isfinite(loss)):
+            n = self.consecutive_skips
+            why = "" if changed else (f", non-finite loss or gradient in {n} step{'s' * (n > 1)} in a row "
+                                      f"(every update skipped; trainer.max_consecutive_skips={limit})")  # fmt: skip
             raise FloatingPointError(
-                f"step {self.step_num + 1}: learner loss is {loss}; stopping before the bad weights reach the "
+                f"step {self.step_num + 1}: learner loss is {loss}{why}; stopping before the bad weights reach the "
                 "engines (the last checkpoint is intact: lower learner.lr or check the data)"
             )
+        return changed
 
     # -------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -198,17 +221,31 @@ class Trainer:
                 if cfg.eval_every_steps and self.step_num % cfg.eval_every_steps == 0:
                     metrics.update(self.evaluate())
                 bar.update(1)
+                if self.checkpoint_failures:
+                    metrics["checkpoint/failed_total"] = float(self.checkpoint_failures)
                 self.tracker.log(self.step_num, metrics)
                 last = self.step_num == cfg.total_steps
                 if (cfg.save_every_steps and self.step_num % cfg.save_every_steps == 0) or last:
                     self.save()
             bar.close()
             summary = self.tracker.finish()
+        except LearnerFailure as err:  # a learner rank died: this run cannot go on, a resumed one can
+            raise LearnerFailure(f"{err}. {self._resume_hint()}", err.ranks) from err
         finally:
             self.shutdown()
         if cfg.export_final:  # after shutdown: the learners' and engines' memory is free again
             self.export_final()
         return summary
+
+    def _resume_hint(self) -> str:
+        """Where a rerun with trainer.resume=auto would continue from."""
+        try:
+            folder = checkpoint.find_resume(self.cfg.run_dir, "auto")
+        except FileNotFoundError as err:
+            return f"The latest checkpoint is unusable ({err})"
+        if folder is None:
+            return f"No checkpoint was written yet in {self.cfg.run_dir}: a rerun starts from step 0"
+        return f"Last good checkpoint: {folder}; run again with trainer.resume=auto to continue from it"
 
     def export_final(self):
         """The latest checkpoint as a Hugging Face folder at <run>/final/ (replacing an earlier one atomically)."""
@@ -233,11 +270,31 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- state
     def save(self) -> None:
-        folder = checkpoint.step_dir(self.cfg.run_dir, self.step_num)
-        self.learner.save_checkpoint(str(folder / "learner"), "model")
-        state = {"step": self.step_num, "version": self.weight_sync.version, "sampler": self.sampler.state_dict(),
-                 "rng": checkpoint.rng_state(), "in_flight": self.pipeline.state_dict()}  # fmt: skip
-        checkpoint.commit(self.cfg.run_dir, self.step_num, state, keep=self.cfg.trainer.keep_checkpoints)
+        """Checkpoint this step (checkpoint.py). One that cannot be written (read-only folder, full disk) is removed
+        again, the last good one left as it was; then the run stops (CheckpointError) or, with
+        trainer.on_checkpoint_error=warn, warns, counts it (checkpoint/failed_total) and goes on. docs/faults.md"""
+        run_dir, step = self.cfg.run_dir, self.step_num
+        try:
+            folder = checkpoint.begin(run_dir, step)  # replaces a half-written folder a killed run left
+            self.learner.save_checkpoint(str(folder / "learner"), "model")
+            state = {"step": step, "version": self.weight_sync.version, "sampler": self.sampler.state_dict(),
+                     "rng": checkpoint.rng_state(), "in_flight": self.pipeline.state_dict(),
+                     "checkpoint_failures": self.checkpoint_failures,
+                     "consecutive_skips": self.consecutive_skips}  # fmt: skip
+            checkpoint.commit(run_dir, step, state, keep=self.cfg.trainer.keep_checkpoints)
+        except Exception as exc:
+            error = checkpoint.write_error(exc)
+            if error is None:  # not a failure to write files (a dead learner rank ...)
+                raise
+            cause = (str(error) if isinstance(error, checkpoint.CheckpointWriteError)
+                     else checkpoint.write_error_cause(exc, checkpoint.step_dir(run_dir, step)))  # fmt: skip
+            checkpoint.discard(run_dir, step)
+            message = checkpoint.failure_message(run_dir, step, cause)
+            if self.cfg.trainer.on_checkpoint_error == "stop":
+                raise checkpoint.CheckpointError(message) from exc
+            self.checkpoint_failures += 1
+            print(f"[grpo-lambda] WARNING: {message}; going on (trainer.on_checkpoint_error=warn)", file=sys.stderr,
+                  flush=True)  # fmt: skip
 
     def _restore(self, folder) -> None:
         state = checkpoint.load_driver_state(folder)
@@ -245,6 +302,8 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.pipeline.load_state_dict(state.get("in_flight", []))
         checkpoint.set_rng_state(state["rng"])
+        self.checkpoint_failures = int(state.get("checkpoint_failures", 0))
+        self.consecutive_skips = int(state.get("consecutive_skips", 0))
         # The engines start from the base model: give them the checkpoint's weights, as the version they had.
         self.step_num, self.weight_sync.version = state["step"], state["version"] - 1
         self.weight_sync.push()
@@ -303,6 +362,7 @@ class Trainer:
             "response/length_max": lengths.max().item(),
             "response/clip_frac": sum(s.finish_reason == "length" for s in flat) / len(flat),
             "rollout/weights_version": float(self.weight_sync.version),
+            "rollout/engine_restarts": float(self.rollout.restarts),  # engines replaced so far in this process
         }  # fmt: skip
         m.update(outcome_metrics(rollout.outcomes))
         return m

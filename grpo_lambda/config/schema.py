@@ -43,6 +43,7 @@ LEARNER_BACKENDS = ("auto", "gloo", "nccl")
 DATA_SOURCES = ("jsonl", "arithmetic")
 WANDB_MODES = ("offline", "online", "disabled")
 PLACEMENTS = ("colocated", "split")
+ON_CHECKPOINT_ERROR = ("stop", "warn")
 DEFAULT_CONSOLE_KEYS = (
     "reward/mean",
     "learner/loss",
@@ -112,6 +113,10 @@ class RolloutConfig:
     sync_bucket_mb: float = 256.0  # broadcast bucket size
     sync_check: bool = False  # after each weight sync, read the engines' weights back and require equality
     sync_timeout_s: float = 300.0
+    generate_timeout_s: float = (
+        1800.0  # deadline of every wait on an engine (generation, start-up); then replaced
+    )
+    max_engine_restarts: int = 3  # engines replaced (died / missed the deadline) before the run stops
     max_staleness: int | None = (
         None  # k: 0 = synchronous; k >= 1: the engines generate k batches ahead of the learner;
     )
@@ -223,6 +228,10 @@ class TrainerConfig:
     save_every_steps: int = 50  # 0 = only at the end
     keep_checkpoints: int = 2  # 0 = keep all
     resume: str = "auto"  # auto | never | path to a checkpoint folder
+    on_checkpoint_error: str = "stop"  # an unwritable checkpoint: stop | warn (go on); docs/faults.md
+    # steps in a row whose every optimiser update is skipped (non-finite loss or gradient) that the run tolerates;
+    # the next one stops it. 0 = stop at the first. docs/faults.md
+    max_consecutive_skips: int = 3
     eval_every_steps: int = 0  # 0 = never
     eval_before_train: bool = False
     log_every_steps: int = 1  # console line every n steps (the other sinks get every step)

@@ -21,6 +21,7 @@ from .schema import (
     LEARNER_BACKENDS,
     LR_SCHEDULES,
     MODEL_DTYPES,
+    ON_CHECKPOINT_ERROR,
     OPTIMIZERS,
     PLACEMENTS,
     ROLLOUT_DTYPES,
@@ -195,6 +196,8 @@ def _rollout(c: _Checker, cfg: Config) -> None:
         r.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", r.tensor_parallel_size, "must be >= 1"
     )
     c.check(r.sync_timeout_s > 0, "rollout.sync_timeout_s", r.sync_timeout_s, "must be > 0")
+    c.check(r.generate_timeout_s > 0, "rollout.generate_timeout_s", r.generate_timeout_s, "must be > 0")
+    c.check(r.max_engine_restarts >= 0, "rollout.max_engine_restarts", r.max_engine_restarts, "must be >= 0")
     c.choice("rollout.weight_sync", r.weight_sync, WEIGHT_SYNCS)
     c.choice("rollout.sync_backend", r.sync_backend, SYNC_BACKENDS)
     c.check(r.max_staleness is None or r.max_staleness >= 0, "rollout.max_staleness", r.max_staleness,
@@ -402,6 +405,9 @@ def _eval_trainer(c: _Checker, cfg: Config, check_files: bool) -> None:
         t.save_every_steps >= 0, "trainer.save_every_steps", t.save_every_steps, "must be >= 0 (0 = at end)"
     )
     c.check(t.keep_checkpoints >= 0, "trainer.keep_checkpoints", t.keep_checkpoints, "must be >= 0 (0 = all)")
+    c.choice("trainer.on_checkpoint_error", t.on_checkpoint_error, ON_CHECKPOINT_ERROR)
+    c.check(t.max_consecutive_skips >= 0, "trainer.max_consecutive_skips", t.max_consecutive_skips,
+            "must be >= 0 (0 = stop at the first step whose updates were all skipped)")  # fmt: skip
     c.check(
         t.eval_every_steps >= 0, "trainer.eval_every_steps", t.eval_every_steps, "must be >= 0 (0 = never)"
     )

@@ -27,6 +27,17 @@ def _data_path(cfg: Config, name: str) -> Path:
     return resolve_data_file(name, cfg.data.data_dir or default_data_dir())
 
 
+def _load(cfg: Config, name: str, max_rows: int | None = None) -> list[dict[str, Any]]:
+    """A data file's rows (`load_jsonl`: a DataError naming file:line for anything malformed), each with the
+    verifier it is graded by; a row's own ``verifier`` must be a registered one."""
+    from grpo_lambda.rewards.verifiers import VERIFIERS
+
+    rows = load_jsonl(_data_path(cfg, name), max_rows=max_rows, verifiers=VERIFIERS)
+    for row in rows:
+        row["verifier"] = verifier_for(row, cfg)
+    return rows
+
+
 def _arith(cfg: Config, num_rows: int, seed: int, dataset: str) -> list[dict[str, Any]]:
     a = cfg.data.arithmetic
     return generate_arithmetic(
@@ -50,9 +61,7 @@ def build_train_rows(cfg: Config) -> list[dict[str, Any]]:
     if d.source == "arithmetic":
         rows = _arith(cfg, d.arithmetic.num_rows, d.seed, "arithmetic")
     else:
-        rows = [row for name in d.train_files for row in load_jsonl(_data_path(cfg, name))]
-        for row in rows:
-            row["verifier"] = verifier_for(row, cfg)
+        rows = [row for name in d.train_files for row in _load(cfg, name)]
         seen: set[str] = set()
         for row in rows:  # ids must be unique across files too (they key rewards and logs)
             if row["id"] in seen:
@@ -73,16 +82,10 @@ def build_eval_rows(cfg: Config) -> dict[str, list[dict[str, Any]]]:
     sets: dict[str, list[dict[str, Any]]] = {}
     if cfg.eval.datasets:
         for name in cfg.eval.datasets:
-            rows = load_jsonl(_data_path(cfg, dataset_file(name)), max_rows=cap)
-            for row in rows:
-                row["verifier"] = verifier_for(row, cfg)
-            sets[Path(name).stem] = rows
+            sets[Path(name).stem] = _load(cfg, dataset_file(name), max_rows=cap)
         return sets
     for name in d.eval_files:
-        rows = load_jsonl(_data_path(cfg, name), max_rows=cap)
-        for row in rows:
-            row["verifier"] = verifier_for(row, cfg)
-        sets[Path(name).stem] = rows
+        sets[Path(name).stem] = _load(cfg, name, max_rows=cap)
     if d.source == "arithmetic" and d.arithmetic.eval_rows > 0:
         n = d.arithmetic.eval_rows if cap is None else min(cap, d.arithmetic.eval_rows)
         seed = (

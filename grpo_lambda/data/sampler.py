@@ -13,11 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from grpo_lambda.data.jsonl import DataError
+
 
 class PromptSampler:
     def __init__(self, dataset: Sequence[Any], prompts_per_step: int, seed: int = 0, shuffle: bool = True):
         if len(dataset) == 0:
-            raise ValueError("PromptSampler got an empty dataset: check data.train_files / data.max_rows")
+            raise DataError(
+                "no training prompts: data.train_files hold no rows, or every prompt is longer than "
+                "model.max_prompt_tokens (raise it)"
+            )
         if prompts_per_step < 1:
             raise ValueError(f"prompts_per_step={prompts_per_step} must be >= 1")
         self.dataset = dataset

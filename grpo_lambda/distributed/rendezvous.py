@@ -1,16 +1,52 @@
 """torch.distributed rendezvous for a group of Ray actors.
 
 Rank 0 chooses the address (`master_address`, called inside rank 0's process): 127.0.0.1 and a free port when the
-whole group is on one node, the node's IP otherwise. Every rank then gets the same `Rendezvous` and sets the standard
+whole group is on one node, the node's IP otherwise; a store made by `bound_tcp_store` listens on that address only. Every rank then gets the same `Rendezvous` and sets the standard
 environment (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE) before initialising the
 process group: gloo on CPU, nccl on GPU.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine's loopback (127.0.0.0/8, ::1 or "localhost")."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
+def bound_tcp_store(host: str, port: int, world_size: int, is_master: bool, timeout: timedelta):
+    """A torch `TCPStore` at host:port whose server (`is_master`) listens on `host` only; clients connect to it.
+
+    torch's TCPStore server listens on every interface (`[::]`, torch 2.13) whatever `host` says, so the server
+    gets a socket already bound to host:port (`master_listen_fd`; the store then owns it and closes it with
+    itself). Port 0 binds a free port: read it from `store.port`."""
+    import torch.distributed as dist
+
+    if not is_master:
+        return dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(socket.SOMAXCONN)
+        port = int(sock.getsockname()[1])
+    except BaseException:
+        sock.close()
+        raise
+    fd = sock.detach()  # from here the store owns it: closed with the store (or when its constructor fails)
+    return dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout, master_listen_fd=fd)
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from grpo_lambda.compat import new_process_group
+from grpo_lambda.distributed.rendezvous import bound_tcp_store, is_loopback
 
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16, torch.float64,
                                                       torch.int64, torch.int32, torch.uint8, torch.bool)}  # fmt: skip
@@ -48,15 +49,28 @@ def parse_dtype(name: str) -> torch.dtype:
 def new_sync_group(backend: str, host: str, port: int, rank: int, world_size: int, timeout_s: float):
     """A process group of `world_size` ranks that meet at host:port (rank 0 hosts the store), independent of
     torch.distributed's default group. Every collective on it fails after `timeout_s` instead of hanging."""
-    import torch.distributed as dist
-
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"sync group backend must be gloo or nccl, got {backend!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
     timeout = timedelta(seconds=timeout_s)
-    store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
-    return new_process_group(backend, store, rank, world_size, timeout)
+    # Rank 0's store listens on `host` only (loopback on one node, the node's IP across nodes), and on one node the
+    # gloo connections too (docs/security.md).
+    store = bound_tcp_store(host, port, world_size, is_master=rank == 0, timeout=timeout)
+    return new_process_group(
+        backend, store, rank, world_size, timeout, host=host if is_loopback(host) else None
+    )
+
+
+def close_group(group) -> None:
+    """Abort a sync group (a broken one too): its connections close, so a peer blocked in a collective on it
+    fails at once instead of at the timeout. Dropping the last reference then frees it."""
+    abort = getattr(group, "abort", None) or getattr(group, "shutdown", None)
+    if abort is not None:
+        try:
+            abort()
+        except Exception:  # noqa: BLE001 - aborting a group whose peers are gone may itself fail; that is fine
+            pass
 
 
 def _broadcast(group, tensor: Tensor) -> Tensor:
@@ -181,6 +195,11 @@ class WeightSender:
         self.device = (
             torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         )
+
+    def close(self) -> None:
+        """Abort the group: its connections close and peers blocked in a broadcast fail instead of waiting."""
+        close_group(self.group)
+        self.group = None
 
     def send(self, named_tensors: Iterable[tuple[str, Tensor]], version: int) -> SyncStats:
         return send_weights(self.group, named_tensors, version, bucket_bytes=self.bucket_bytes, dtype=self.dtype,

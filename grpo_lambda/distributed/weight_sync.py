@@ -55,14 +55,20 @@ class WeightSync:
 
     def __init__(self, cfg: Config, learner, rollout, gpus: float):
         """learner: a LearnerGroup; rollout: a RolloutGroup (its `engines` are Ray actor handles)."""
-        self.cfg, self.learner, self.engines = cfg.rollout, learner, rollout.engines
+        self.cfg, self.learner, self.rollout = cfg.rollout, learner, rollout
         self.mode = self.cfg.weight_sync
         self.backend = resolve_sync_backend(cfg, gpus) if self.mode == "broadcast" else None
+        self.dtype = self.cfg.engine_dtype(cfg.model.dtype)
         self.version = 0
         if self.mode == "broadcast":
-            self._init_group(self.cfg.engine_dtype(cfg.model.dtype))
+            self._init_group()
+        rollout.on_replace = self.rejoin  # a replaced engine joins the group and takes the current weights
 
-    def _init_group(self, dtype: str) -> None:
+    @property
+    def engines(self) -> list:
+        return self.rollout.engines  # the current actors (a replaced engine is a new one)
+
+    def _init_group(self) -> None:
         """Learner rank 0 is rank 0; engine i's tensor-parallel worker j is 1 + i·tp + j. All join at once."""
         import ray
 
@@ -71,7 +77,7 @@ class WeightSync:
         host, port = self.learner.rank0_address(single_node=len(nodes) == 1)
         world, tp = 1 + len(self.engines) * r.tensor_parallel_size, r.tensor_parallel_size
         refs = [self.learner.init_weight_sync_async(host, port, world, backend=self.backend, timeout_s=r.sync_timeout_s,
-                                                    dtype=dtype, bucket_bytes=int(r.sync_bucket_mb * 2**20))]  # fmt: skip
+                                                    dtype=self.dtype, bucket_bytes=int(r.sync_bucket_mb * 2**20))]  # fmt: skip
         refs += [e.init_weight_sync.remote(host, port, world, 1 + i * tp, backend=self.backend, timeout_s=r.sync_timeout_s)
                  for i, e in enumerate(self.engines)]  # fmt: skip
         ray.get(refs, timeout=r.sync_timeout_s + 30)
@@ -83,20 +89,64 @@ class WeightSync:
         import ray
 
         self.version += 1
-        timeout = self.cfg.sync_timeout_s
         try:
-            stats = self._broadcast(timeout) if self.mode == "broadcast" else self._object_store(timeout)
-            if self.cfg.sync_check:
-                self.check(timeout)
-        except ray.exceptions.GetTimeoutError:
-            raise TimeoutError(
-                f"weight sync to the rollout engines took longer than rollout.sync_timeout_s={timeout}"
-            ) from None
+            stats = self._send()
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, RuntimeError) as err:
+            dead = self._engines_lost_in_sync()
+            if not dead:  # the learner's side failed, or something else than an engine: not ours to mend
+                if isinstance(err, ray.exceptions.GetTimeoutError):
+                    raise TimeoutError(
+                        "weight sync to the rollout engines took longer than "
+                        f"rollout.sync_timeout_s={self.cfg.sync_timeout_s}"
+                    ) from None
+                raise
+            self.rollout.replace(dead, f"died during the weight sync ({type(err).__name__})")  # → rejoin
+            stats = {}
         return stats
 
-    def _broadcast(self, timeout: float) -> dict[str, int]:
+    def _send(self, resend: bool = False) -> dict[str, int]:
+        timeout = self.cfg.sync_timeout_s
+        if self.mode == "broadcast":
+            stats = self._broadcast(timeout, resend)
+        else:
+            stats = self._object_store(timeout, resend)
+        if self.cfg.sync_check:
+            self.check(timeout)
+        return stats
+
+    def _engines_lost_in_sync(self) -> list[int]:
+        """After a failed push: the engines that died. Learner rank 0 first leaves the broadcast group, so the
+        engines still waiting for buckets fail now rather than at the group's timeout and can join a new one."""
+        if self.mode == "broadcast":
+            try:
+                self.learner.close_weight_sync()
+            except Exception:  # noqa: BLE001 - a dead learner shows in the error being handled
+                return []
+        return self.rollout.dead_engines()
+
+    def rejoin(self, indices: list[int], push: bool = True) -> None:
+        """Engines `indices` were replaced (RolloutGroup.replace): rebuild the broadcast group (every member
+        joins a new one: a process group cannot take a new member), then, with `push`, send the learner's
+        weights again as the current version to every engine (`resend`: the others already hold it) and
+        require every engine to report that version. Without `push` the caller's next push brings them up."""
+        import ray
+
+        if self.mode == "broadcast":
+            self.learner.close_weight_sync()
+            self._init_group()
+        if push and self.version > 0:  # version 0: the base weights, which a new engine loads itself
+            self._send(resend=True)
+        if push:
+            versions = ray.get(
+                [e.weights_version.remote() for e in self.engines], timeout=self.cfg.sync_timeout_s
+            )
+            if any(v != self.version for v in versions):
+                raise RuntimeError(f"after replacing engines {indices}: engine versions {versions}, expected "
+                                   f"{self.version} everywhere")  # fmt: skip
+
+    def _broadcast(self, timeout: float, resend: bool = False) -> dict[str, int]:
         sending = self.learner.broadcast_weights_async(self.version)
-        receiving = [e.receive_weights.remote(self.version) for e in self.engines]
+        receiving = [e.receive_weights.remote(self.version, resend) for e in self.engines]
         results = get_fail_fast(sending + receiving, timeout)  # a failed side must not wait out the other
         sent, received = results[0], results[len(sending) :]
         for i, got in enumerate(received):
@@ -104,11 +154,11 @@ class WeightSync:
                 raise RuntimeError(f"weight sync: engine {i} received {got}, the learner sent {sent}")
         return sent
 
-    def _object_store(self, timeout: float) -> dict[str, int]:
+    def _object_store(self, timeout: float, resend: bool = False) -> dict[str, int]:
         import ray
 
         weights = self.learner.state_dict_ref()
-        ray.get([e.load_weights.remote(weights, self.version) for e in self.engines], timeout=timeout)
+        ray.get([e.load_weights.remote(weights, self.version, resend) for e in self.engines], timeout=timeout)
         return {}
 
     def check(self, timeout: float | None = None) -> None:

@@ -59,7 +59,9 @@ def build_ds_config(cfg: LearnerConfig, dtype: str, world_size: int) -> dict:
         "gradient_accumulation_steps": max(1, mini // (micro * world_size)),
         "gradient_clipping": float(cfg.grad_clip),
         "zero_optimization": zero,
-        "bf16": {"enabled": dtype == "bfloat16"},
+        # check_grad_overflow: a non-finite gradient norm skips the step (ZeRO-2 bf16 checks only with it on; it is
+        # DeepSpeed 0.19.8's default, stated here so that a changed default cannot drop the skip: docs/faults.md).
+        "bf16": {"enabled": dtype == "bfloat16", "check_grad_overflow": True},
         "fp16": {"enabled": False},
         "zero_allow_untested_optimizer": True,
         # Keep our torch optimiser under offload too (DeepSpeedCPUAdam would need a JIT build).
@@ -87,8 +89,33 @@ def build_inference_ds_config(cfg: LearnerConfig, dtype: str, world_size: int) -
     }
 
 
+class _Skippable:
+    """A torch optimiser whose `step` does nothing while `overflow` is set: the skip of a non-finite step for the
+    one optimiser DeepSpeed does not check (ZeRO-0 in fp32, where the engine steps our client optimiser itself;
+    every other optimiser DeepSpeed 0.19.8 builds around it, ZeRO-1/2/3 and bf16, skips by itself when the global
+    gradient norm is not finite). DeepSpeed's `_take_model_step` reads the same attribute `overflow` of the
+    optimiser (DeepSpeed 0.19.8): it then counts the step in `skipped_steps`, reports `was_step_applied()` False
+    and leaves the LR schedule where it was, as on the other paths. Set it with `skip_unchecked_step`."""
+
+    overflow = False
+
+    def step(self, closure=None):
+        if self.overflow:
+            return None
+        return super().step(closure)
+
+
+class SkippableAdamW(_Skippable, torch.optim.AdamW):
+    pass
+
+
+class SkippableSGD(_Skippable, torch.optim.SGD):
+    pass
+
+
 def make_optimizer(model: torch.nn.Module, cfg: LearnerConfig) -> torch.optim.Optimizer:
-    """torch AdamW (or plain SGD); weight decay on matrices only, not on biases and norm gains."""
+    """torch AdamW (or plain SGD), able to skip a step (`_Skippable`); weight decay on matrices only, not on biases
+    and norm gains."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -100,8 +127,8 @@ def make_optimizer(model: torch.nn.Module, cfg: LearnerConfig) -> torch.optim.Op
     for g in groups:
         g.setdefault("weight_decay", 0.0)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+        return SkippableSGD(groups, lr=cfg.lr)
+    return SkippableAdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
 
 
 class LRFactor:
@@ -140,8 +167,20 @@ def init_distributed(backend: str, timeout_s: float = 600.0) -> None:
             "from grpo_lambda.distributed.Rendezvous.env(rank)"
         )
     import deepspeed
+    import torch.distributed as dist
+
+    from grpo_lambda.distributed.rendezvous import bound_tcp_store
 
     disable_shm_comm_build()
+    if not dist.is_initialized():
+        # Our own store first: torch's default one listens on every interface; this one on MASTER_ADDR only
+        # (127.0.0.1 on one node). DeepSpeed then finds the group initialised and uses it.
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        timeout = timedelta(seconds=timeout_s)
+        store = bound_tcp_store(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, rank == 0, timeout
+        )
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     deepspeed.init_distributed(
         dist_backend=backend,
         auto_mpi_discovery=False,
@@ -169,6 +208,20 @@ def initialize_inference_engine(model: torch.nn.Module, cfg: LearnerConfig, dtyp
     engine, *_ = deepspeed.initialize(model=model, config=build_inference_ds_config(cfg, dtype, world_size))
     engine.eval()
     return engine
+
+
+def skip_unchecked_step(engine) -> None:
+    """Make the coming `engine.step()` a skipped step (ZeRO-0 fp32, see `_Skippable`); undo with
+    `end_unchecked_skip` once it ran."""
+    if not isinstance(engine.optimizer, _Skippable):
+        raise TypeError(
+            f"cannot skip a step of {type(engine.optimizer).__name__}: not built by make_optimizer"
+        )
+    engine.optimizer.overflow = True
+
+
+def end_unchecked_skip(engine) -> None:
+    engine.optimizer.__dict__.pop("overflow", None)
 
 
 def set_batch_sizes(engine, mini_batch_samples: int, micro_batch_samples: int) -> None:

@@ -9,11 +9,18 @@
 
 Weights leave through `distributed.weight_sync.WeightSync`, which calls `init_weight_sync_async`,
 `broadcast_weights_async` and `state_dict_ref` here.
+
+Every call on the ranks fails fast (`_get`): a rank that dies leaves the others blocked in a collective (until the
+process group's timeout) or failing in it; the driver does not wait for them but raises `LearnerFailure` naming the
+dead rank at once (docs/faults.md). DeepSpeed's process group cannot take a new rank: the run stops and
+`trainer.resume=auto` continues it.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -29,6 +36,17 @@ from .token_budget import plan_micro_batches
 from .worker import LearnerActor
 
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+# After a rank's call fails with an ordinary error, how long to watch the other ranks for a death that explains it
+# (a peer's death makes a gloo/NCCL collective fail on the survivors, possibly before Ray reports the death).
+DEATH_GRACE_S = 10.0
+
+
+class LearnerFailure(RuntimeError):
+    """A learner rank's process died (killed, out of memory, crashed): the run cannot go on. `ranks`: the dead."""
+
+    def __init__(self, message: str, ranks: Sequence[int] = ()):
+        super().__init__(message)
+        self.ranks = list(ranks)
 
 
 def learner_runtime_env(extra_env: dict[str, str] | None = None) -> dict:
@@ -61,6 +79,8 @@ class LearnerGroup:
                 f"the placement has {placement.num_actors} bundles for learner world_size {world_size}"
             )
         self.placement = placement
+        # each rank's pid and node address, named when it dies (LearnerFailure)
+        self.processes: list[dict] = [{} for _ in range(world_size)]
         self.group = ActorGroup(
             LearnerActor,
             placement,
@@ -75,21 +95,83 @@ class LearnerGroup:
 
     def _start(self, model_path: str) -> None:
         """Rank 0 picks MASTER_ADDR/PORT; every rank joins the process group and builds its engine."""
+        self.processes = self._call("process_info")
         nodes = self.node_ids()
         local, local_sizes = local_ranks(nodes)
         addr, port = self.rank0_address(single_node=len(set(nodes)) == 1)
         rdzv = Rendezvous(addr, port, self.world_size)
         envs = [{"env": rdzv.env(r, local[r], local_sizes[r])} for r in range(self.world_size)]
-        self.group.call_each("init", [(model_path, self.cfg)] * self.world_size, envs)
+        self._call_each("init", [(model_path, self.cfg)] * self.world_size, envs)
 
     def node_ids(self) -> list[str]:
-        return self.group.call("node_id")
+        return self._call("node_id")
 
     def rank0_address(self, single_node: bool) -> tuple[str, int]:
         """(host, free port) on rank 0's node: loopback when every peer is on that node."""
+        return self._get([self.group.actors[0].master_address.remote(single_node)], "master_address")[0]
+
+    # ------------------------------------------------------------------------------------------- calls
+    def _call(self, method: str, *args, **kwargs) -> list:
+        """`method` on every rank (same arguments); results in rank order, failing fast (`_get`)."""
+        return self._get(self.group.call_async(method, *args, **kwargs), method)
+
+    def _call_each(self, method: str, per_rank_args, per_rank_kwargs=None, **kwargs) -> list:
+        """`method` on every rank with its own arguments; results in rank order, failing fast (`_get`)."""
+        refs = self.group.call_each_async(method, per_rank_args, per_rank_kwargs, **kwargs)
+        return self._get(refs, method)
+
+    def _get(self, refs: list, method: str, ranks: Sequence[int] | None = None) -> list:
+        """The results of one call on the ranks (`ranks[i]` ran `refs[i]`; default 0..n-1). The first error is
+        raised as soon as it arrives, not after the other ranks finish (they may never: a collective without its
+        peer waits for the process group's timeout). A rank whose actor died raises LearnerFailure naming it; an
+        ordinary error is re-raised as it is, unless a peer's death explains it (see DEATH_GRACE_S)."""
         import ray
 
-        return ray.get(self.group.actors[0].master_address.remote(single_node))
+        pending = dict(zip(refs, range(len(refs)) if ranks is None else ranks))
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            rank = pending.pop(ready[0])
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayActorError as err:
+                raise self._failure([rank], method) from err
+            except Exception as err:
+                dead = self._dead_within_grace(pending)
+                if dead:
+                    raise self._failure(dead, method) from err
+                raise
+        return ray.get(refs)
+
+    @staticmethod
+    def _dead_within_grace(pending: dict) -> list[int]:
+        """The ranks of `pending` (ref -> rank) whose actor turns out dead within DEATH_GRACE_S."""
+        import ray
+
+        dead, deadline = [], time.monotonic() + DEATH_GRACE_S
+        while pending and (left := deadline - time.monotonic()) > 0:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+            if not ready:
+                break
+            rank = pending.pop(ready[0])
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayActorError:
+                dead.append(rank)
+            except Exception:
+                pass
+        return sorted(dead)
+
+    def _failure(self, ranks: list[int], method: str) -> LearnerFailure:
+        def where(rank: int) -> str:
+            info = self.processes[rank]
+            return f"{rank} (pid {info.get('pid', '?')}, node {info.get('ip', '?')})"
+
+        who = "learner rank " if len(ranks) == 1 else "learner ranks "
+        return LearnerFailure(
+            f"{who}{', '.join(where(r) for r in ranks)} died during {method}: the other ranks cannot go on "
+            "without it (DeepSpeed's process group is fixed at start-up), so the run stops",
+            ranks,
+        )
 
     # ------------------------------------------------------------------------------------------- the step
     def needs_old_logp(self, num_samples: int) -> bool:
@@ -109,8 +191,8 @@ class LearnerGroup:
             if budget
             else [None] * self.world_size
         )
-        parts = self.group.call_each("compute_logp", [(s,) for s in shards], [{"plan": p} for p in plans],
-                                     reference=reference)  # fmt: skip
+        parts = self._call_each("compute_logp", [(s,) for s in shards], [{"plan": p} for p in plans],
+                                reference=reference)  # fmt: skip
         return torch.cat(parts)[: len(batch)]
 
     def train_step(self, batch: LearnerBatch) -> dict[str, float]:
@@ -133,8 +215,8 @@ class LearnerGroup:
                 for rank_rows in zip(*minis)
             ]
             kwargs = [{"micro_plans": [plans[r] for plans in per_mini]} for r in range(self.world_size)]
-        per_rank = self.group.call_each("train_step", [(shard,) for shard in shards], kwargs, mini_batch_samples=mini,
-                                        micro_batch_samples=micro, counts=counts)  # fmt: skip
+        per_rank = self._call_each("train_step", [(shard,) for shard in shards], kwargs, mini_batch_samples=mini,
+                                   micro_batch_samples=micro, counts=counts)  # fmt: skip
         return reduce_rank_metrics(per_rank)
 
     # ------------------------------------------------------------------------------------------- weights
@@ -143,13 +225,20 @@ class LearnerGroup:
         import ray
 
         refs = self.group.call_async("gather_state_dict")
-        ray.get(refs[1:])  # the other ranks took part in the (ZeRO-3) gathers; wait until they are done
+        # the other ranks took part in the (ZeRO-3) gathers; wait until they are done
+        self._get(refs[1:], "gather_state_dict", ranks=range(1, len(refs)))
         ray.wait(refs[:1])
         return refs[0]
 
     def init_weight_sync_async(self, host: str, port: int, world_size: int, **sender_kwargs):
         """ObjectRef: rank 0 joins the weight-sync group as its rank 0 (the engines must join concurrently)."""
         return self.group.actors[0].init_weight_sync.remote(host, port, world_size, **sender_kwargs)
+
+    def close_weight_sync(self) -> None:
+        """Rank 0 leaves the weight-sync group (before it is rebuilt for a replaced engine)."""
+        import ray
+
+        ray.get(self.group.actors[0].close_weight_sync.remote(), timeout=self.cfg.rollout.sync_timeout_s)
 
     def broadcast_weights_async(self, version: int) -> list:
         """ObjectRefs, one per rank: rank 0 streams the weights to the engines (the engines must receive
@@ -158,15 +247,19 @@ class LearnerGroup:
 
     def param_checksums(self) -> list[str]:
         """Per-rank sha256 of the full parameters (all equal unless the ranks diverged)."""
-        return self.group.call("param_checksum")
+        return self._call("param_checksum")
+
+    def optimizer_checksums(self) -> list[str]:
+        """Per-rank sha256 of the optimiser state and LR schedule (each rank's own ZeRO partition)."""
+        return self._call("optimizer_checksum")
 
     # ------------------------------------------------------------------------------------------- state
     def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict | None = None) -> str:
-        return self.group.call("save_checkpoint", ckpt_dir, tag, client_state)[0]
+        return self._call("save_checkpoint", ckpt_dir, tag, client_state)[0]
 
     def load_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> dict:
         """Restore every rank; returns rank 0's client_state."""
-        return self.group.call("load_checkpoint", ckpt_dir, tag)[0]
+        return self._call("load_checkpoint", ckpt_dir, tag)[0]
 
     def shutdown(self) -> None:
         """Kill the actors and release the placement group if this group created it."""

@@ -7,8 +7,10 @@ from collections.abc import Mapping, Sequence
 
 # How ranks combine (reduce_rank_metrics): summed, global (every rank has the value: take rank 0's); keys ending in
 # `_max` (and timings) take the maximum; everything else is a token-weighted mean.
+# Skipped updates (a non-finite loss or gradient on some rank) are decided for all ranks alike: their counts are global.
 SUMMED_METRICS = ("learner/loss", "learner/num_tokens")
-GLOBAL_METRICS = ("learner/grad_norm", "learner/lr", "learner/num_updates", "learner/updates_total")
+GLOBAL_METRICS = ("learner/grad_norm", "learner/lr", "learner/num_updates", "learner/updates_total",
+                  "learner/skipped_steps", "learner/skipped_steps_total")  # fmt: skip
 
 
 class TokenWeighted:
@@ -25,6 +27,12 @@ class TokenWeighted:
                 self.sums[key] = max(self.sums[key], float(value))
             else:
                 self.sums[key] += float(value) * num_tokens
+
+    def merge(self, other: TokenWeighted) -> None:
+        """Add another accumulator's micro-batches (e.g. one optimiser update's, once it was applied)."""
+        self.tokens += other.tokens
+        for key, value in other.sums.items():
+            self.sums[key] = max(self.sums[key], value) if key.endswith("_max") else self.sums[key] + value
 
     def means(self) -> dict[str, float]:
         n = max(self.tokens, 1.0)

@@ -9,12 +9,14 @@ logits / τ, as the engine samples) and `trainer.seed`.
 
 One `train_step` takes this rank's shard of a rollout batch: for each mini-batch (one optimiser step), for each
 micro-batch (one forward/backward), the GRPO-λ loss share with the mini-batch's global normalisers, then
-`engine.backward(loss * world_size, scale_wrt_gas=False)` (see deepspeed_setup.py for why).
+`engine.backward(loss * world_size, scale_wrt_gas=False)` (see deepspeed_setup.py for why). An update whose loss or
+gradient is not finite on any rank is skipped on every rank, weights and optimiser state untouched (docs/faults.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import time
@@ -33,10 +35,12 @@ from .deepspeed_setup import (
     backward_scale,
     build_ds_config,
     check_accumulation_boundary,
+    end_unchecked_skip,
     init_distributed,
     initialize_engine,
     initialize_inference_engine,
     set_batch_sizes,
+    skip_unchecked_step,
 )
 from .metrics import TokenWeighted
 from .model import attention_implementation, load_causal_lm, response_logp
@@ -55,7 +59,8 @@ class LearnerWorker:
         self.engine = None
         self.ref = None
         self.cfg: Config | None = None
-        self.num_updates = 0
+        self.num_updates = 0  # optimiser updates applied
+        self.num_skipped = 0  # optimiser updates skipped (non-finite loss or gradient on some rank)
         self._hf_ds_config = (
             None  # keeps transformers' ZeRO-3 hook alive (HfDeepSpeedConfig is held by weakref)
         )
@@ -202,7 +207,7 @@ class LearnerWorker:
         self.engine.train()
         loss_metrics, mismatch = TokenWeighted(), TokenWeighted()  # mismatch: engine vs learner at θ = θ_old
         loss_total = grad_norm_total = 0.0
-        positions = real_positions = 0
+        positions = real_positions = applied = skipped = 0
         for update_index, m in enumerate(m for _ in range(epochs) for m in range(len(minis))):
             mini, count = minis[m], counts[m]
             if micro_plans is None:
@@ -210,6 +215,7 @@ class LearnerWorker:
             else:
                 micros = [mini.select(rows) for rows in micro_plans[m]]
             manual_norm = None
+            update_metrics, update_loss = TokenWeighted(), 0.0  # this update's, kept only if it is applied
             for i, mb in enumerate(micros):
                 last = i == len(micros) - 1
                 if micro_plans is None:
@@ -225,29 +231,54 @@ class LearnerWorker:
                 if update_index == 0 and mb.behaviour_logp is not None:
                     diag = behaviour_mismatch(logp, mb.behaviour_logp, mb.response_mask)
                     mismatch.add(diag, float(mb.response_mask.sum()))
+                update_loss += float(loss.detach())
+                if last and not math.isfinite(update_loss):
+                    # A non-finite loss on this rank must not be applied even if its gradients came out finite:
+                    # make them NaN. The gradient reduction carries them to every rank, whose DeepSpeed optimiser
+                    # then finds the global norm non-finite and skips the step (all ranks alike).
+                    loss = loss * float("nan")
                 # The loss is this micro-batch's exact share: undo DeepSpeed's 1/GAS and its average over ranks.
                 self.engine.backward(loss * backward_scale(self.world_size), scale_wrt_gas=False)
                 if last and not deepspeed_records_grad_norm(self.engine.optimizer):
+                    # ZeRO-0 fp32: a plain torch optimiser, which DeepSpeed does not check; the norm is of the
+                    # all-reduced gradients, and the ranks agree on the skip explicitly all the same.
                     manual_norm = self._reduced_grad_norm()  # measured before step() clears the gradients
-                self.engine.step()
-                loss_total += float(loss.detach())
+                    if self._any_rank(not math.isfinite(manual_norm)):
+                        skip_unchecked_step(self.engine)
+                try:
+                    self.engine.step()
+                finally:
+                    if last and manual_norm is not None:
+                        end_unchecked_skip(self.engine)
                 num_tokens = float(metrics.pop("learner/num_tokens"))
-                loss_metrics.add(metrics, num_tokens)
-            norm = self.engine.get_global_grad_norm() if manual_norm is None else manual_norm
-            grad_norm_total += float(norm) if norm is not None else float("nan")
-            self.num_updates += 1
+                update_metrics.add(metrics, num_tokens)
+            if self.engine.was_step_applied():
+                norm = self.engine.get_global_grad_norm() if manual_norm is None else manual_norm
+                grad_norm_total += float(norm) if norm is not None else float("nan")
+                loss_total += update_loss
+                loss_metrics.merge(update_metrics)
+                applied += 1
+            else:  # weights, optimiser state and LR schedule are as they were before this update
+                skipped += 1
         if micro_plans is not None:
             self.engine.set_gradient_accumulation_boundary(None)  # back to DeepSpeed's own micro-step counter
-        updates = len(minis) * epochs
+        self.num_updates, self.num_skipped = self.num_updates + applied, self.num_skipped + skipped
+        # Loss, grad norm and loss metrics describe the applied updates only (a skipped update's would be inf/NaN
+        # and poison every average); with none applied they are NaN (null in metrics.jsonl). docs/faults.md
+        nan = float("nan")
+        means = loss_metrics.means() if applied else dict.fromkeys(update_metrics.sums, nan)
         return {
-            **loss_metrics.means(),
+            **means,
             **mismatch.means(),
-            "learner/loss": loss_total / updates,
-            "learner/num_tokens": loss_metrics.tokens / epochs,
-            "learner/grad_norm": grad_norm_total / updates,
+            "learner/loss": loss_total / applied if applied else nan,
+            "learner/num_tokens": loss_metrics.tokens
+            / epochs,  # of applied updates: weights the ranks' means
+            "learner/grad_norm": grad_norm_total / applied if applied else nan,
             "learner/lr": lr,
-            "learner/num_updates": float(updates),
+            "learner/num_updates": float(applied + skipped),
             "learner/updates_total": float(self.num_updates),
+            "learner/skipped_steps": float(skipped),
+            "learner/skipped_steps_total": float(self.num_skipped),
             "learner/padding_frac": 1.0 - real_positions / max(positions, 1),  # of the positions computed
             "learner/update_s": time.perf_counter() - t0,
         }
@@ -273,6 +304,16 @@ class LearnerWorker:
             behaviour_logp=mb.behaviour_logp,  # used only with algorithm.behaviour_is != none
         )
         return loss, metrics, logp
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether `flag` is true on any data-parallel rank (an all-reduce; every rank must call it)."""
+        import torch.distributed as dist
+
+        if self.world_size == 1 or not dist.is_initialized():
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def _reduced_grad_norm(self) -> float:
         """‖g‖₂ of the (already all-reduced) full gradients; used where DeepSpeed keeps no global norm."""
@@ -302,7 +343,15 @@ class LearnerWorker:
 
         if self.rank != 0:
             raise RuntimeError("only learner rank 0 sends weights")
+        self.close_weight_sync()
         self._sync = WeightSender(host, port, world_size, **sender_kwargs)
+
+    def close_weight_sync(self) -> None:
+        """Leave the weight-sync group (rank 0; a no-op elsewhere): its connections close, so engines still
+        waiting on a broadcast fail at once instead of at the group's timeout (engine replacement, docs/faults.md)."""
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
 
     def broadcast_weights(self, version: int) -> dict[str, int]:
         """Every rank (ZeRO-3 gathers are collective): rank 0 streams its full weights to the engines, one bucket
@@ -330,24 +379,52 @@ class LearnerWorker:
             digest.update(value.contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
+    def optimizer_checksum(self) -> str:
+        """sha256 of this rank's optimiser state (its ZeRO partition: fp32 master weights, moments and step counts,
+        loss scaler) and LR schedule: what the next update depends on, which a skipped step leaves unchanged.
+        Left out: DeepSpeed's record of how the last step went (`overflow`) and ZeRO-0 bf16's count of the steps
+        attempted (`cur_iter` of its static loss scale 1), which move on a skipped step by design."""
+        self._require_init()
+        digest = hashlib.sha256()
+        state = self.engine.optimizer.state_dict()
+        state = {k: v for k, v in state.items() if k not in ("overflow", "cur_iter")}
+        _digest(digest, state)
+        if self.engine.lr_scheduler is not None:
+            _digest(digest, self.engine.lr_scheduler.state_dict())
+        return digest.hexdigest()
+
     # ------------------------------------------------------------------------------------------- checkpoint
     def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict | None = None) -> str:
         """DeepSpeed engine checkpoint (model, optimiser, LR schedule) at ckpt_dir/tag, written atomically: into
         ckpt_dir/tag.tmp, then renamed by rank 0 after every rank finished; then `latest` is replaced.
-        Multi-node: ckpt_dir must be a shared filesystem. All ranks must call it."""
+        Multi-node: ckpt_dir must be a shared filesystem. All ranks must call it.
+
+        A rank that cannot write (read-only folder, full disk) leaves no other rank waiting in a collective: after
+        each phase the ranks compare notes, and every rank raises the same `CheckpointWriteError`, naming the first
+        failed rank and the cause. The partial files are the caller's to remove (checkpoint.discard)."""
         import torch.distributed as dist
 
         self._require_init()
         root, tmp_tag = Path(ckpt_dir), f"{tag}.tmp"
-        if self.rank == 0:
+
+        def prepare() -> None:
             root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(root / tmp_tag, ignore_errors=True)  # leftovers of an interrupted save
-        dist.barrier()
-        state = dict(client_state or {})
-        state[CLIENT_STATE_KEY] = {"num_updates": self.num_updates}
-        self.engine.save_checkpoint(str(root), tag=tmp_tag, client_state=state, save_latest=False)
-        dist.barrier()
-        if self.rank == 0:
+
+        def write() -> None:
+            state = dict(client_state or {})
+            state[CLIENT_STATE_KEY] = {"num_updates": self.num_updates, "num_skipped": self.num_skipped}
+            try:
+                self.engine.save_checkpoint(str(root), tag=tmp_tag, client_state=state, save_latest=False)
+            except dist.DistError:
+                raise
+            except Exception:
+                # DeepSpeed's writes (torch.save) sit between its collectives and its closing barrier, in which the
+                # other ranks now wait: meet them there, then report.
+                dist.barrier()
+                raise
+
+        def publish() -> None:
             final, old = root / tag, root / f"{tag}.old"
             if final.exists():
                 shutil.rmtree(old, ignore_errors=True)
@@ -356,8 +433,34 @@ class LearnerWorker:
             shutil.rmtree(old, ignore_errors=True)
             (root / "latest.tmp").write_text(tag)
             os.replace(root / "latest.tmp", root / "latest")
-        dist.barrier()
+
+        self._write_on_all_ranks(prepare if self.rank == 0 else None, root)
+        self._write_on_all_ranks(write, root)
+        self._write_on_all_ranks(publish if self.rank == 0 else None, root)
         return str(root / tag)
+
+    def _write_on_all_ranks(self, write, root: Path) -> None:
+        """Run `write` here (None: nothing to write on this rank), then learn whether every rank's write succeeded
+        (an all-gather: every rank must call this); if any failed, raise CheckpointWriteError on all ranks alike."""
+        import torch.distributed as dist
+
+        from grpo_lambda.checkpoint import CheckpointWriteError, write_error_cause
+
+        failure = None
+        if write is not None:
+            try:
+                write()
+            except dist.DistError:  # a peer is gone: no agreement possible (the learner-failure path)
+                raise
+            except Exception as exc:
+                detail = (str(exc).strip().splitlines() or [""])[0][:300]
+                failure = f"{write_error_cause(exc, root)} on learner rank {self.rank} ({type(exc).__name__}: {detail})"
+        failures: list[str | None] = [None] * self.world_size
+        dist.all_gather_object(failures, failure)
+        failed = [f for f in failures if f]
+        if failed:
+            more = f"; {len(failed) - 1} more rank(s) failed" if len(failed) > 1 else ""
+            raise CheckpointWriteError(failed[0] + more)
 
     def load_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> dict:
         """Restore model, optimiser and LR schedule from ckpt_dir/tag (tag None: the one named in `latest`).
@@ -373,14 +476,44 @@ class LearnerWorker:
             tag = latest.read_text().strip()
         if not (root / tag).is_dir():
             raise FileNotFoundError(f"checkpoint {root / tag} does not exist")
-        path, client_state = self.engine.load_checkpoint(
-            str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        from grpo_lambda.compat import deepspeed_checkpoint_globals, weights_only_torch_load
+
+        with weights_only_torch_load(
+            deepspeed_checkpoint_globals()
+        ):  # DeepSpeed's own loads too (docs/security.md)
+            path, client_state = self.engine.load_checkpoint(
+                str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint at {root / tag}")
         client_state = dict(client_state or {})
-        self.num_updates = int(client_state.pop(CLIENT_STATE_KEY, {}).get("num_updates", 0))
+        ours = client_state.pop(CLIENT_STATE_KEY, {})
+        self.num_updates, self.num_skipped = int(ours.get("num_updates", 0)), int(ours.get("num_skipped", 0))
         return client_state
+
+
+def _digest(digest, obj, depth: int = 0) -> None:
+    """Feed a (nested) state dict into `digest`: tensors by dtype, shape and bytes; containers in key order; plain
+    values by repr; other objects (a loss scaler) by their attributes, a few levels deep."""
+    if isinstance(obj, Tensor):
+        flat = obj.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"tensor:{flat.dtype}:{tuple(obj.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            digest.update(f"key:{key!r}".encode())
+            _digest(digest, obj[key], depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"seq:{len(obj)}".encode())
+        for value in obj:
+            _digest(digest, value, depth + 1)
+    elif obj is None or isinstance(obj, (bool, int, float, str)):
+        digest.update(repr(obj).encode())
+    elif hasattr(obj, "__dict__") and depth < 6:
+        digest.update(type(obj).__name__.encode())
+        _digest(digest, vars(obj), depth + 1)
+    else:
+        digest.update(type(obj).__name__.encode())
 
 
 class LearnerActor(LearnerWorker):
@@ -390,6 +523,12 @@ class LearnerActor(LearnerWorker):
         import ray
 
         return ray.get_runtime_context().get_node_id()
+
+    def process_info(self) -> dict:
+        """This rank's process id and node address (named when the rank dies: LearnerFailure)."""
+        import ray
+
+        return {"pid": os.getpid(), "ip": ray.util.get_node_ip_address()}
 
     def master_address(self, single_node: bool) -> tuple[str, int]:
         from grpo_lambda.distributed.rendezvous import master_address

@@ -193,13 +193,14 @@ class VLLMEngine:
         ]
 
     # ---------------------------------------------------------------- weights
-    def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> int:
-        """Copy learner tensors (HF names) into the engine in place and set `version` (must increase); returns it.
+    def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int, resend: bool = False) -> int:
+        """Copy learner tensors (HF names) into the engine in place and set `version` (must increase, or with
+        `resend` may equal the engine's: a replaced engine's peers take the current weights again); returns it.
 
         A call may hold a subset of the weights (a bucket), but all parts of a fused vLLM layer together
         (q/k/v, gate/up). The prefix cache is reset afterwards. Tied models: see `_with_tied_lm_head`.
         """
-        self._check_update("load_weights", version)
+        self._check_update("load_weights", version, resend)
         if not named_tensors:
             raise ValueError("load_weights got no tensors")
         named = self._with_tied_lm_head(named_tensors)
@@ -214,9 +215,9 @@ class VLLMEngine:
     def weights_version(self) -> int:
         return self._version
 
-    def _check_update(self, what: str, version: int) -> None:
+    def _check_update(self, what: str, version: int, resend: bool = False) -> None:
         self._check_awake(what)
-        if version <= self._version:
+        if version < self._version or (version == self._version and not resend):
             raise ValueError(f"weights version must increase: engine has {self._version}, got {version}")
 
     def _finish_update(self, version: int) -> None:
@@ -236,10 +237,11 @@ class VLLMEngine:
                     "backend": backend, "timeout_s": timeout_s},
         )  # fmt: skip
 
-    def receive_weights(self, version: int) -> dict[str, int]:
+    def receive_weights(self, version: int, resend: bool = False) -> dict[str, int]:
         """Load the weights learner rank 0 broadcasts now (streamed into vLLM's loader bucket by bucket), then
-        reset the prefix cache and set `version` (must increase). Returns what arrived (tensors, bytes, buckets)."""
-        self._check_update("receive_weights", version)
+        reset the prefix cache and set `version` (must increase; `resend`: may also equal the engine's). Returns
+        what arrived (tensors, bytes, buckets)."""
+        self._check_update("receive_weights", version, resend)
         stats = self.llm.collective_rpc(
             "grpo_receive_weights", kwargs={"version": version, "tied": self.tie_word_embeddings}
         )
@@ -354,8 +356,12 @@ class WeightSyncExtension:
     def grpo_init_weight_sync(
         self, host: str, port: int, world_size: int, rank_offset: int, backend: str, timeout_s: float
     ) -> None:
-        from grpo_lambda.distributed.sync_protocol import new_sync_group
+        from grpo_lambda.distributed.sync_protocol import close_group, new_sync_group
 
+        old = getattr(self, "grpo_sync_group", None)
+        if old is not None:  # rebuilt after an engine was replaced: leave the old group first
+            self.grpo_sync_group = None
+            close_group(old)
         self.grpo_sync_group = new_sync_group(
             backend, host, port, rank_offset + self.rank, world_size, timeout_s
         )

@@ -182,19 +182,23 @@ def test_get_fail_fast_raises_the_first_error_without_waiting_for_the_rest(ray_l
 
 @pytest.mark.timeout(300)
 def test_a_dead_engine_fails_the_broadcast_sync_at_once_not_after_the_timeout(ray_local, tmp_path):
-    """An engine that dies before a broadcast sync: the driver raises the actor's death within seconds, far
-    below rollout.sync_timeout_s, instead of leaving learner rank 0 blocked in the collective."""
+    """An engine that dies before a broadcast sync, with no restarts allowed (rollout.max_engine_restarts=0;
+    replacement: tests/integration/test_faults.py): the driver raises within seconds, far below
+    rollout.sync_timeout_s, instead of leaving learner rank 0 blocked in the collective."""
     import time
 
     import ray
 
-    trainer = make_trainer(tmp_path, "rollout.sync_timeout_s=120", "rollout.sync_check=false")
+    from grpo_lambda.rollout.group import EngineFailure
+
+    trainer = make_trainer(tmp_path, "rollout.sync_timeout_s=120", "rollout.sync_check=false",
+                           "rollout.max_engine_restarts=0")  # fmt: skip
     try:
         assert trainer.weight_sync.mode == "broadcast"
         trainer.weight_sync.push()  # a healthy sync first
         ray.kill(trainer.rollout.engines[0])
         t0 = time.perf_counter()
-        with pytest.raises(ray.exceptions.RayActorError):
+        with pytest.raises(EngineFailure, match="died during the weight sync"):
             trainer.weight_sync.push()
         assert time.perf_counter() - t0 < 60
         # learner rank 0 is not left blocked in the broadcast either: gloo saw the peer go and raised

@@ -78,6 +78,11 @@ def test_raw_process_group_constructors():
     opts = dist.AllreduceOptions()
     group.allreduce([t], opts).wait()
     assert torch.equal(t, torch.ones(2))
+    # gloo on a given address: the private `_Options._devices` and `create_device(hostname=)`
+    store = dist.TCPStore("127.0.0.1", find_free_port(), 1, is_master=True, timeout=timedelta(seconds=30))
+    group = compat.new_process_group("gloo", store, 0, 1, timedelta(seconds=30), host="127.0.0.1")
+    group.allreduce([t], opts).wait()
+    assert torch.equal(t, torch.ones(2))
     with pytest.raises(ValueError, match="gloo or nccl"):
         compat.new_process_group("mpi", store, 0, 1, timedelta(seconds=30))
     if dist.is_nccl_available():
@@ -98,4 +103,38 @@ def test_ray_internals():
     assert 'kwargs.pop("_node_ip_address"' in inspect.getsource(ray.init), (
         "ray.init no longer takes _node_ip_address"
     )
-    assert compat.ray_init_bind_localhost() == {"_node_ip_address": "127.0.0.1"}
+    # A loopback _node_ip_address survives ray.init only while ENABLE_RAY_CLUSTER is False (ray_bind_localhost);
+    # otherwise it becomes the LAN IP. (Ray is not initialised in the unit tests: the resolution is the bare rule.)
+    from ray._private import ray_constants, services
+
+    assert "ray_constants.ENABLE_RAY_CLUSTER" in inspect.getsource(services.get_node_ip_address)
+    assert "resolve_ip_for_localhost(_node_ip_address)" in inspect.getsource(ray.init)
+    assert not ray.is_initialized()
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    with compat.ray_bind_localhost() as kwargs:
+        assert kwargs == {"_node_ip_address": "127.0.0.1"}
+        assert services.resolve_ip_for_localhost("127.0.0.1") == "127.0.0.1"
+    assert ray_constants.ENABLE_RAY_CLUSTER is saved
+
+
+def test_deepspeed_checkpoint_loads_go_through_torch_load():
+    """DeepSpeed's checkpoint engine and zero_to_fp32 call `torch.load` by attribute (so `weights_only_torch_load`
+    reaches them), and the classes it pickles into checkpoints still exist and load with weights_only=True."""
+    import io
+
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.utils import zero_to_fp32
+
+    assert "torch.load(" in inspect.getsource(TorchCheckpointEngine.load)
+    assert "torch.load(" in inspect.getsource(zero_to_fp32)
+    loss_scaler, zero_stage, fragment_address = compat.deepspeed_checkpoint_globals()
+    state = {"loss_scaler": loss_scaler(2.0), "zero_stage": zero_stage(2),
+             "param_slice_mappings": [{"w": fragment_address(numel=4, start=0)}], "t": torch.ones(2)}  # fmt: skip
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with compat.weights_only_torch_load(compat.deepspeed_checkpoint_globals()):
+        loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)  # forced to True
+    assert loaded["zero_stage"] is zero_stage(2) and loaded["param_slice_mappings"][0]["w"].numel == 4
+    assert vars(loaded["loss_scaler"]) == vars(state["loss_scaler"]) and torch.equal(loaded["t"], state["t"])
+    with pytest.raises(Exception, match="GLOBAL"):  # without the allow-list they are refused
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)

@@ -74,31 +74,105 @@ def test_load_jsonl_rows(tmp_path):
 @pytest.mark.parametrize(
     "line, fragment",
     [
-        ('{"id": "x", "problem": "p", "answer": "1"', "invalid JSON"),
-        ('{"id": "x", "answer": "1"}', "missing 'problem'"),
-        ('{"id": "x", "problem": "p"}', "missing 'answer'"),
-        ('{"id": "x", "problem": "", "answer": "1"}', "'problem' must be a non-empty string"),
-        ('{"id": "x", "problem": "p", "answer": null}', "'answer' must be a non-empty string or number"),
-        ('["p", "1"]', "expected a JSON object"),
+        ('{"id": "x", "problem": "p", "answer": "1"', "invalid JSON (Expecting ',' delimiter at column 42)"),
+        ("not json at all", "invalid JSON"),
+        ('{"id": "x", "problem": "p", "answer": "1"} trailing', "invalid JSON (Extra data"),
+        ('{"id": "x", "answer": "1"}', "field 'problem' is missing"),
+        ('{"id": "x", "question": "p", "answer": "1"}', "has 'question': rename it to 'problem'"),
+        ('{"id": "x", "problem": "p"}', "field 'answer' is missing"),
+        ('{"id": "x", "problem": "p", "solution": "1"}', "has 'solution': rename it to 'answer'"),
+        ('{"id": "x", "problem": "", "answer": "1"}', "field 'problem' is empty"),
+        ('{"id": "x", "problem": "  \\n", "answer": "1"}', "field 'problem' is empty"),
+        ('{"id": "x", "problem": 12, "answer": "1"}', "field 'problem' must be a string, got a JSON number"),
+        (
+            '{"id": "x", "problem": ["p"], "answer": "1"}',
+            "field 'problem' must be a string, got a JSON array",
+        ),
+        (
+            '{"id": "x", "problem": "p", "answer": null}',
+            "field 'answer' must be a string or a number, got a JSON null",
+        ),
+        (
+            '{"id": "x", "problem": "p", "answer": true}',
+            "field 'answer' must be a string or a number, got a JSON boolean",
+        ),
+        ('{"id": "x", "problem": "p", "answer": {"v": 1}}', "got a JSON object"),
+        ('{"id": "x", "problem": "p", "answer": ""}', "field 'answer' is empty"),
+        ('{"id": "x", "problem": "p", "answer": NaN}', "field 'answer' is nan"),
+        (
+            '{"id": ["x"], "problem": "p", "answer": "1"}',
+            "field 'id' must be a non-empty string or an integer",
+        ),
+        ('{"id": "x", "problem": "p", "answer": "1", "verifier": "maths"}', "field 'verifier' is \"maths\""),
+        ('{"id": "x", "problem": "p", "answer": "1", "dataset": 3}', "field 'dataset' must be a string"),
+        ('["p", "1"]', "expected a JSON object, got a JSON array"),
+        ('"just a string"', "expected a JSON object, got a JSON string"),
         ('{"id": "a", "problem": "p", "answer": "1"}', "duplicate id 'a' (first at line 1)"),
     ],
 )
 def test_bad_row_names_file_and_line(tmp_path, line, fragment):
     good = json.dumps({"id": "a", "problem": "p", "answer": "1"})
-    path = write_lines(tmp_path / "bad.jsonl", [good, line])
+    path = write_lines(tmp_path / "bad.jsonl", [good, line, good.replace('"a"', '"b"')])
     with pytest.raises(DataError) as info:
-        load_jsonl(path)
-    assert f"{path}:2:" in str(info.value)
-    assert fragment in str(info.value)
+        load_jsonl(path, verifiers=("math", "gsm8k"))
+    message = str(info.value)
+    assert message.startswith(f"{path}:2: ") and "\n" not in message
+    assert fragment in message
 
 
 def test_non_utf8_and_missing_file(tmp_path):
     path = tmp_path / "latin.jsonl"
-    path.write_bytes(b'{"problem": "caf\xe9", "answer": "1"}\n')
-    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:1: not UTF-8"):
+    path.write_bytes(b'{"problem": "ok", "answer": "1"}\n{"problem": "caf\xe9", "answer": "1"}\n')
+    with pytest.raises(
+        DataError, match=rf"{re.escape(str(path))}:2: not UTF-8 .*re-encode the file as UTF-8"
+    ):
         load_jsonl(path)
-    with pytest.raises(DataError, match="no such file"):
+    with pytest.raises(DataError, match=rf"{re.escape(str(tmp_path / 'nope.jsonl'))}: no such file"):
         load_jsonl(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="not a file"):
+        load_jsonl(tmp_path)
+
+
+@pytest.mark.parametrize("content, what", [(b"", "is empty"), (b"\n  \n\t\n", "has only blank lines (3)")])
+def test_a_file_without_rows_is_an_error(tmp_path, content, what):
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_jsonl(path)
+    assert str(info.value).startswith(f"{path}:1: no rows: the file {what}")
+    assert load_jsonl(path, max_rows=0) == []  # nothing asked for: nothing missing
+
+
+def test_byte_order_mark_and_crlf_are_accepted(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"problem": "p", "answer": 2}\r\n{"problem": "q", "answer": "3"}\r\n')
+    rows = load_jsonl(path)
+    assert [(r["id"], r["problem"], r["answer"]) for r in rows] == [("bom-1", "p", "2"), ("bom-2", "q", "3")]
+
+
+def test_build_rows_name_the_bad_file_and_line(tmp_path):
+    """Through the config: a bad train or eval file is a DataError naming file:line, a bad row verifier too."""
+    good = json.dumps({"id": "g", "problem": "1+1?", "answer": "2"})
+    write_lines(tmp_path / "train.jsonl", [good, json.dumps({"id": "h", "problem": "2+2?"})])
+    write_lines(tmp_path / "eval.jsonl", [good, good, "{oops"])
+    write_lines(tmp_path / "ok.jsonl", [good])
+    (tmp_path / "empty.jsonl").write_text("")
+
+    def cfg(train, evals):
+        return load_config(["data=gsm8k", f"data.data_dir={tmp_path}", f"data.train_files=[{train}]",
+                            f"data.eval_files=[{evals}]"])  # fmt: skip
+
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'train.jsonl'))}:2: field 'answer'"):
+        build_train_rows(cfg("train.jsonl", "ok.jsonl"))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'eval.jsonl'))}:2: duplicate id"):
+        build_eval_rows(cfg("ok.jsonl", "eval.jsonl"))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'empty.jsonl'))}:1: no rows"):
+        build_train_rows(cfg("empty.jsonl", "ok.jsonl"))
+    write_lines(
+        tmp_path / "verifier.jsonl", [json.dumps({"problem": "p", "answer": "1", "verifier": "nope"})]
+    )
+    with pytest.raises(DataError, match="verifier.jsonl:1: field 'verifier' is \"nope\", not one of"):
+        build_train_rows(cfg("verifier.jsonl", "ok.jsonl"))
 
 
 def test_shared_data_files_load(data_dir):
@@ -196,7 +270,7 @@ def test_sampler_state_for_other_dataset_rejected():
     state = PromptSampler(list(range(10)), 3).state_dict()
     with pytest.raises(ValueError, match="saved for a dataset of 10 rows but this one has 9"):
         PromptSampler(list(range(9)), 3).load_state_dict(state)
-    with pytest.raises(ValueError, match="empty dataset"):
+    with pytest.raises(DataError, match="no training prompts"):
         PromptSampler([], 3)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from grpo_lambda.data.sampler import PromptSampler
 from grpo_lambda.data.templates import Prompt
-from grpo_lambda.rollout.group import PendingGeneration
+from grpo_lambda.rollout.group import PendingGeneration, Shard
 from grpo_lambda.rollout.pipeline import RolloutPipeline, staleness
 from grpo_lambda.rollout.sampling import Sample, SamplingSpec
 
@@ -27,7 +27,8 @@ class RecordingEngines:
         self.version, self.queue, self.done, self.calls = 0, [], {}, []
 
     def submit(self, prompts, spec):
-        pending = PendingGeneration(refs=[len(self.calls)], num_prompts=len(prompts), num_engines=1)
+        shard = Shard(0, None, [p.token_ids for p in prompts], ref=len(self.calls))
+        pending = PendingGeneration([shard], num_prompts=len(prompts), num_engines=1, spec=spec)
         self.calls.append((prompts, spec))
         self.queue.append(pending)
         return pending
