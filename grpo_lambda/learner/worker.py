@@ -18,10 +18,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -31,6 +29,7 @@ from grpo_lambda.compat import deepspeed_records_grad_norm, full_numel
 from grpo_lambda.config.schema import Config
 
 from .batch import LearnerBatch, MiniBatchCounts, pad_response_dim, split_batch
+from .checkpointing import digest_state, load_engine_checkpoint, save_engine_checkpoint
 from .deepspeed_setup import (
     backward_scale,
     build_ds_config,
@@ -388,132 +387,28 @@ class LearnerWorker:
         digest = hashlib.sha256()
         state = self.engine.optimizer.state_dict()
         state = {k: v for k, v in state.items() if k not in ("overflow", "cur_iter")}
-        _digest(digest, state)
+        digest_state(digest, state)
         if self.engine.lr_scheduler is not None:
-            _digest(digest, self.engine.lr_scheduler.state_dict())
+            digest_state(digest, self.engine.lr_scheduler.state_dict())
         return digest.hexdigest()
 
     # ------------------------------------------------------------------------------------------- checkpoint
     def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict | None = None) -> str:
-        """DeepSpeed engine checkpoint (model, optimiser, LR schedule) at ckpt_dir/tag, written atomically: into
-        ckpt_dir/tag.tmp, then renamed by rank 0 after every rank finished; then `latest` is replaced.
-        Multi-node: ckpt_dir must be a shared filesystem. All ranks must call it.
-
-        A rank that cannot write (read-only folder, full disk) leaves no other rank waiting in a collective: after
-        each phase the ranks compare notes, and every rank raises the same `CheckpointWriteError`, naming the first
-        failed rank and the cause. The partial files are the caller's to remove (checkpoint.discard)."""
-        import torch.distributed as dist
-
+        """DeepSpeed engine checkpoint (model, optimiser, LR schedule) at ckpt_dir/tag, written atomically by every
+        rank together (learner/checkpointing.py: a write failure on any rank raises CheckpointWriteError on all)."""
         self._require_init()
-        root, tmp_tag = Path(ckpt_dir), f"{tag}.tmp"
-
-        def prepare() -> None:
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(root / tmp_tag, ignore_errors=True)  # leftovers of an interrupted save
-
-        def write() -> None:
-            state = dict(client_state or {})
-            state[CLIENT_STATE_KEY] = {"num_updates": self.num_updates, "num_skipped": self.num_skipped}
-            try:
-                self.engine.save_checkpoint(str(root), tag=tmp_tag, client_state=state, save_latest=False)
-            except dist.DistError:
-                raise
-            except Exception:
-                # DeepSpeed's writes (torch.save) sit between its collectives and its closing barrier, in which the
-                # other ranks now wait: meet them there, then report.
-                dist.barrier()
-                raise
-
-        def publish() -> None:
-            final, old = root / tag, root / f"{tag}.old"
-            if final.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                os.rename(final, old)
-            os.rename(root / tmp_tag, final)
-            shutil.rmtree(old, ignore_errors=True)
-            (root / "latest.tmp").write_text(tag)
-            os.replace(root / "latest.tmp", root / "latest")
-
-        self._write_on_all_ranks(prepare if self.rank == 0 else None, root)
-        self._write_on_all_ranks(write, root)
-        self._write_on_all_ranks(publish if self.rank == 0 else None, root)
-        return str(root / tag)
-
-    def _write_on_all_ranks(self, write, root: Path) -> None:
-        """Run `write` here (None: nothing to write on this rank), then learn whether every rank's write succeeded
-        (an all-gather: every rank must call this); if any failed, raise CheckpointWriteError on all ranks alike."""
-        import torch.distributed as dist
-
-        from grpo_lambda.checkpoint import CheckpointWriteError, write_error_cause
-
-        failure = None
-        if write is not None:
-            try:
-                write()
-            except dist.DistError:  # a peer is gone: no agreement possible (the learner-failure path)
-                raise
-            except Exception as exc:
-                detail = (str(exc).strip().splitlines() or [""])[0][:300]
-                failure = f"{write_error_cause(exc, root)} on learner rank {self.rank} ({type(exc).__name__}: {detail})"
-        failures: list[str | None] = [None] * self.world_size
-        dist.all_gather_object(failures, failure)
-        failed = [f for f in failures if f]
-        if failed:
-            more = f"; {len(failed) - 1} more rank(s) failed" if len(failed) > 1 else ""
-            raise CheckpointWriteError(failed[0] + more)
+        state = dict(client_state or {})
+        state[CLIENT_STATE_KEY] = {"num_updates": self.num_updates, "num_skipped": self.num_skipped}
+        return save_engine_checkpoint(self.engine, self.rank, self.world_size, ckpt_dir, tag, state)
 
     def load_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> dict:
         """Restore model, optimiser and LR schedule from ckpt_dir/tag (tag None: the one named in `latest`).
-        Returns the client_state passed to save_checkpoint. (DeepSpeed reads its own files with torch.load.)"""
+        Returns the client_state passed to save_checkpoint."""
         self._require_init()
-        root = Path(ckpt_dir)
-        if tag is None:
-            latest = root / "latest"
-            if not latest.is_file():
-                raise FileNotFoundError(
-                    f"{latest} not found: pass tag= or point at a folder written by save_checkpoint"
-                )
-            tag = latest.read_text().strip()
-        if not (root / tag).is_dir():
-            raise FileNotFoundError(f"checkpoint {root / tag} does not exist")
-        from grpo_lambda.compat import deepspeed_checkpoint_globals, weights_only_torch_load
-
-        with weights_only_torch_load(
-            deepspeed_checkpoint_globals()
-        ):  # DeepSpeed's own loads too (docs/security.md)
-            path, client_state = self.engine.load_checkpoint(
-                str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
-            )
-        if path is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint at {root / tag}")
-        client_state = dict(client_state or {})
+        client_state = load_engine_checkpoint(self.engine, ckpt_dir, tag)
         ours = client_state.pop(CLIENT_STATE_KEY, {})
         self.num_updates, self.num_skipped = int(ours.get("num_updates", 0)), int(ours.get("num_skipped", 0))
         return client_state
-
-
-def _digest(digest, obj, depth: int = 0) -> None:
-    """Feed a (nested) state dict into `digest`: tensors by dtype, shape and bytes; containers in key order; plain
-    values by repr; other objects (a loss scaler) by their attributes, a few levels deep."""
-    if isinstance(obj, Tensor):
-        flat = obj.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"tensor:{flat.dtype}:{tuple(obj.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    elif isinstance(obj, dict):
-        for key in sorted(obj, key=str):
-            digest.update(f"key:{key!r}".encode())
-            _digest(digest, obj[key], depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        digest.update(f"seq:{len(obj)}".encode())
-        for value in obj:
-            _digest(digest, value, depth + 1)
-    elif obj is None or isinstance(obj, (bool, int, float, str)):
-        digest.update(repr(obj).encode())
-    elif hasattr(obj, "__dict__") and depth < 6:
-        digest.update(type(obj).__name__.encode())
-        _digest(digest, vars(obj), depth + 1)
-    else:
-        digest.update(type(obj).__name__.encode())
 
 
 class LearnerActor(LearnerWorker):
