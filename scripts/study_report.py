@@ -315,6 +315,12 @@ def steps_to_reach(steps: list[int], curve: list[float], target: float, window: 
     return None
 
 
+# A percentile bootstrap over n pairs can only return means of n values: with 2 pairs its "95 % interval" is the
+# range of the two differences (it excluded 0 whenever both had the same sign). Below 3 the difference is given, no
+# interval; even 3-5 seeds make a rough one (the power column says how many a real answer needs).
+MIN_SEEDS_FOR_CI = 3
+
+
 def bootstrap_ci(
     a: np.ndarray, b: np.ndarray, paired: bool, resamples: int, seed: int
 ) -> tuple[float, float]:
@@ -378,9 +384,7 @@ def compare(
     }
     if len(a) and len(b):
         out["diff"] = float(a.mean() - b.mean())
-    if (
-        sd is not None
-    ):  # an interval needs ≥ 2 pairs (or ≥ 2 seeds per arm): one seed has no spread to resample
+    if sd is not None and min(len(a), len(b)) >= MIN_SEEDS_FOR_CI:
         lo, hi = bootstrap_ci(a, b, paired, resamples, seed)
         out.update(ci95=[lo, hi], ci_excludes_0=bool(lo > 0 or hi < 0))
     out["n_needed_observed"] = seeds_needed(sd, out["diff"])
@@ -464,7 +468,8 @@ def comparison_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Each arm minus the baseline **{base['label']}**; paired rows compare the seeds both arms ran (n pairs; "
         f"the means are over those seeds), unpaired rows all seeds of each arm (sd of difference = "
-        f"sqrt(sd_arm² + sd_baseline²)). 95% CI: percentile bootstrap, {s['bootstrap']} resamples, seed {s['seed']}.",
+        f"sqrt(sd_arm² + sd_baseline²)). 95% CI: percentile bootstrap, {s['bootstrap']} resamples, seed {s['seed']}, "
+        f"only from {MIN_SEEDS_FOR_CI} or more seeds (fewer: —).",
         f"Seeds needed (per arm) to detect δ with 80 % power, two-sided α = 0.05: n = ((z_0.975 + z_0.8) · sd / δ)², "
         f"z_0.975 + z_0.8 = {Z_SUM:.3f}, rounded up; the normal approximation understates n when n is small.",
         "",

@@ -318,3 +318,11 @@ def test_one_pair_gives_a_difference_but_no_interval():
     out = sr.compare([R(0, 0.6)], [R(0, 0.5)], "acc_final", 1000, 0, 0.03)
     assert out["diff"] == pytest.approx(0.1)
     assert out["ci95"] is None and out["ci_excludes_0"] is None and out["sd_diff"] is None
+    # two pairs: a spread (and a power estimate) but still no interval (the bootstrap would return their range)
+    out = sr.compare([R(0, 0.6), R(1, 0.7)], [R(0, 0.5), R(1, 0.5)], "acc_final", 1000, 0, 0.03)
+    assert out["diff"] == pytest.approx(0.15) and out["sd_diff"] == pytest.approx(0.0707, abs=1e-4)
+    assert out["ci95"] is None and out["n_needed_delta"] is not None
+    out = sr.compare(
+        [R(0, 0.6), R(1, 0.7), R(2, 0.6)], [R(0, 0.5), R(1, 0.5), R(2, 0.5)], "acc_final", 1000, 0, 0.03
+    )
+    assert out["ci95"] is not None
