@@ -47,6 +47,9 @@ def test_init_ray_binds_loopback_and_keeps_the_dashboard_local(monkeypatch):
         calls.append((kwargs, services.resolve_ip_for_localhost(node_ip) if node_ip else None))
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        ray._private.worker, "_global_node", None
+    )  # a session cluster would answer its own IP
     monkeypatch.setattr(ray, "init", fake_init)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
     saved = ray_constants.ENABLE_RAY_CLUSTER
