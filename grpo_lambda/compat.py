@@ -15,6 +15,7 @@ that reads an engine's weights back.)
 | `ProcessGroupGloo` / `ProcessGroupNCCL` constructors, `ProcessGroupNCCL.Options._timeout`, `ProcessGroupGloo._Options._devices` | torch 2.13 | the weight-sync group beside DeepSpeed's default group, on a given address |
 | `ray._private.authentication...maybe_enable_token_auth_if_token_available` | Ray 2.60 | a client joining a token-auth cluster |
 | `ray.init(_node_ip_address=...)`, `ray._private.ray_constants.ENABLE_RAY_CLUSTER` | Ray 2.60 | keep a local cluster's ports on 127.0.0.1 |
+| `ActorHandle._actor_id` | Ray 2.60 | which actor a `RayActorError` (its `actor_id`) is about |
 """
 
 from __future__ import annotations
@@ -139,6 +140,12 @@ def use_ray_token_if_available() -> bool:
     except ImportError:  # a Ray without token authentication
         return False
     return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def actor_id_hex(handle: Any) -> str:
+    """The hex actor id of a Ray actor handle, as `RayActorError.actor_id` gives it (Ray 2.60: the private
+    `ActorHandle._actor_id` property; Ray has no public accessor on the handle)."""
+    return handle._actor_id.hex()
 
 
 @contextmanager

@@ -212,8 +212,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
 
     from grpo_lambda.eval import report
     from grpo_lambda.eval.runner import Evaluator
-    from grpo_lambda.launch import VERIFIER_CPUS, init_ray, place, release
-    from grpo_lambda.rewards import VerifierPool
+    from grpo_lambda.launch import init_ray, place, release, start_verifier
     from grpo_lambda.rollout.group import RolloutGroup
     from grpo_lambda.utils import atomic_write_json, atomic_write_text
 
@@ -229,8 +228,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
           f"k={k}, T={cfg.eval.temperature}, -> {out}" + (f" (resuming: {len(done)} prompts done)" if done else ""))  # fmt: skip
 
     gpus = init_ray(cfg)
-    verifier = VerifierPool(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s, use_ray=True,
-                            num_cpus_per_worker=VERIFIER_CPUS)  # fmt: skip
+    verifier = start_verifier(cfg)
     placement = place(cfg, gpus, roles=("rollout",))
     rollout = None
     try:

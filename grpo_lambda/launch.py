@@ -1,13 +1,14 @@
 """Where a run's actors go: Ray (a local cluster or a joined one) and the placement groups of the roles.
 
-Plain functions of the run's `Config`; `Trainer.__init__` calls them, then builds the roles on the placements
-(RolloutGroup, LearnerGroup, VerifierPool) and the WeightSync between them.
+Plain functions of the run's `Config`; `Trainer.__init__` (and `evaluate`) call them, then build the roles on the
+placements (RolloutGroup, LearnerGroup) and the WeightSync between them. docs/launch.md: local, Ray jobs, SLURM.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 from grpo_lambda.compat import ray_bind_localhost, use_ray_token_if_available
 from grpo_lambda.config.schema import Config
@@ -19,9 +20,12 @@ DASHBOARD_HOST = "127.0.0.1"  # the dashboard (cluster.ray_dashboard=true): reac
 
 
 def init_ray(cfg: Config) -> float:
-    """Join `cluster.address` or start a local Ray sized for this run's actors (logical CPUs may exceed cores).
-    Returns the GPUs per actor this run uses: 1.0 when the cluster has GPUs, else 0.0.
+    """Join `cluster.address` (waiting for `cluster.num_nodes` nodes) or start a local Ray sized for this run's
+    actors (logical CPUs may exceed cores). Returns the GPUs per actor this run uses: 1.0 when the cluster has GPUs,
+    else 0.0.
 
+    `cluster.address: null` always starts a new local Ray (`address="local"`): neither RAY_ADDRESS nor the record
+    `ray start` leaves in /tmp/ray (kept after that cluster stops or dies) makes a local run join another cluster.
     A local Ray listens on 127.0.0.1 only with `cluster.bind_localhost` (the default; else on every interface) and
     starts no dashboard unless `cluster.ray_dashboard` (then on 127.0.0.1). A joined cluster keeps the addresses
     it was started with (`ray start`). See docs/security.md."""
@@ -33,14 +37,46 @@ def init_ray(cfg: Config) -> float:
         if c.address:
             use_ray_token_if_available()
             ray.init(address=c.address, runtime_env={"env_vars": env})
+            if c.num_nodes:
+                wait_for_nodes(c.num_nodes, c.join_timeout_s)
         else:
             needed = (cfg.rollout.num_workers + cfg.learner.world_size * cfg.learner.num_cpus_per_rank
                       + cfg.reward.num_workers * VERIFIER_CPUS + 1)  # fmt: skip
             with ray_bind_localhost() if c.bind_localhost else contextlib.nullcontext({}) as kwargs:
-                ray.init(num_cpus=c.num_cpus or max(int(needed + 0.999), os.cpu_count() or 1), num_gpus=c.num_gpus,
-                         include_dashboard=c.ray_dashboard, dashboard_host=DASHBOARD_HOST,
+                ray.init(address="local", num_cpus=c.num_cpus or max(int(needed + 0.999), os.cpu_count() or 1),
+                         num_gpus=c.num_gpus, include_dashboard=c.ray_dashboard, dashboard_host=DASHBOARD_HOST,
                          runtime_env={"env_vars": env}, **kwargs)  # fmt: skip
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def wait_for_nodes(num_nodes: int, timeout_s: float, poll_s: float = 1.0) -> list[dict]:
+    """Wait until the joined cluster has `num_nodes` alive nodes (the workers of a SLURM job join after its head);
+    returns them. TimeoutError names the nodes that did join."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [n for n in ray.nodes() if n["Alive"]]
+        if len(alive) >= num_nodes:
+            return alive
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"cluster.num_nodes={num_nodes} but after {timeout_s:.0f} s (cluster.join_timeout_s) only "
+                f"{len(alive)} node(s) have joined: {[n['NodeManagerAddress'] for n in alive]}. Check the workers' "
+                "`ray start --address` logs (a wrong head address, a blocked port, a missing auth token)."
+            )
+        time.sleep(poll_s)
+
+
+def start_verifier(cfg: Config):
+    """The reward-verifier pool: `reward.num_workers` Ray actors, pinned by `cluster.role_resources.reward`."""
+    from grpo_lambda.distributed.placement import check_placeable
+    from grpo_lambda.rewards import VerifierPool
+
+    resources = dict(cfg.cluster.role_resources.get("reward") or {})
+    check_placeable([{"CPU": VERIFIER_CPUS, **resources}] * cfg.reward.num_workers, "the verifier pool")
+    return VerifierPool(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s, use_ray=True,
+                        num_cpus_per_worker=VERIFIER_CPUS, resources=resources)  # fmt: skip
 
 
 def place(cfg: Config, gpus: float, roles: tuple[str, ...] = ("learner", "rollout")) -> dict:
@@ -51,13 +87,22 @@ def place(cfg: Config, gpus: float, roles: tuple[str, ...] = ("learner", "rollou
 
     colocate = cfg.cluster.placement == "colocated" and len(roles) > 1
     share = 0.5 if colocate else 1.0
+    pin = {role: dict(cfg.cluster.role_resources.get(role) or {}) for role in ("learner", "rollout")}
     specs = {
-        "learner": RoleSpec("learner", cfg.learner.world_size, cfg.learner.num_cpus_per_rank, gpus * share),
+        "learner": RoleSpec(
+            "learner", cfg.learner.world_size, cfg.learner.num_cpus_per_rank, gpus * share, pin["learner"]
+        ),
         "rollout": RoleSpec(
-            "rollout", cfg.rollout.num_workers, 1.0, gpus * share * cfg.rollout.tensor_parallel_size
+            "rollout",
+            cfg.rollout.num_workers,
+            1.0,
+            gpus * share * cfg.rollout.tensor_parallel_size,
+            pin["rollout"],
         ),
     }
-    return place_roles([specs[name] for name in roles], colocate=colocate)
+    return place_roles(
+        [specs[name] for name in roles], colocate=colocate, timeout_s=cfg.cluster.placement_timeout_s
+    )
 
 
 def release(placements: dict) -> None:

@@ -26,11 +26,11 @@ from grpo_lambda.data.templates import Prompt, PromptFormatter
 from grpo_lambda.distributed.weight_sync import WeightSync
 from grpo_lambda.eval import report
 from grpo_lambda.eval.runner import Evaluator, eval_spec
-from grpo_lambda.launch import VERIFIER_CPUS, init_ray, place, release
+from grpo_lambda.launch import init_ray, place, release, start_verifier
 from grpo_lambda.learner.batch import LearnerBatch, build_batch
 from grpo_lambda.learner.group import LearnerFailure, LearnerGroup
 from grpo_lambda.models import resolve_model
-from grpo_lambda.rewards import VerifierPool, VerifyRequest, VerifyResult, outcome_metrics
+from grpo_lambda.rewards import VerifyRequest, VerifyResult, outcome_metrics
 from grpo_lambda.rollout.group import RolloutGroup
 from grpo_lambda.rollout.pipeline import Batch, RolloutPipeline, staleness
 from grpo_lambda.rollout.sampling import Sample, SamplingSpec
@@ -76,8 +76,7 @@ class Trainer:
             print(f"[grpo-lambda] ended processes {reaped}, left by a killed driver of this run")
         gpus = init_ray(cfg)
         leftovers.record(cfg.run_dir)  # Ray's processes, for the next start should this driver be killed
-        self.verifier = VerifierPool(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s, use_ray=True,
-                                     num_cpus_per_worker=VERIFIER_CPUS)  # fmt: skip
+        self.verifier = start_verifier(cfg)
         self.placement = place(cfg, gpus)
         self.rollout = RolloutGroup(cfg, self.model_path, self.placement["rollout"], gpus)
         self.learner = LearnerGroup(cfg, self.model_path, placement=self.placement["learner"])

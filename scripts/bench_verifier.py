@@ -136,7 +136,10 @@ def main() -> None:
     if args.ray:
         import ray
 
-        ray.init(num_cpus=max(args.pool_sizes), include_dashboard=False)
+        from grpo_lambda.compat import ray_bind_localhost
+
+        with ray_bind_localhost() as kwargs:
+            ray.init(address="local", num_cpus=max(args.pool_sizes), include_dashboard=False, **kwargs)
     print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} mode={'ray' if args.ray else 'local'}")
     print("pool  responses   checks/s  p50_ms   p99_ms  worker_cpu_ms  parent_cpu_ms  correct  timeouts")
     for size in args.pool_sizes:

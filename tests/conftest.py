@@ -37,13 +37,16 @@ def tiny_tied_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray cluster for the whole session (4 logical CPUs, no dashboard); shut down at the end."""
+    """A local Ray cluster for the whole session (4 logical CPUs, no dashboard, on 127.0.0.1); shut down at the end."""
     import ray
 
     if ray.is_initialized():  # started by someone else: use it, leave its shutdown to them
         yield ray
         return
-    ray.init(num_cpus=4, include_dashboard=False)
+    from grpo_lambda.compat import ray_bind_localhost
+
+    with ray_bind_localhost() as kwargs:  # a new local cluster on 127.0.0.1, whatever `ray start` recorded
+        ray.init(address="local", num_cpus=4, include_dashboard=False, **kwargs)
     try:
         yield ray
     finally:

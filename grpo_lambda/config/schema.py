@@ -43,6 +43,8 @@ LEARNER_BACKENDS = ("auto", "gloo", "nccl")
 DATA_SOURCES = ("jsonl", "arithmetic")
 WANDB_MODES = ("offline", "online", "disabled")
 PLACEMENTS = ("colocated", "split")
+ROLES = ("learner", "rollout", "reward")  # the roles cluster.role_resources may pin
+RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")  # asked for by other keys, not pinned
 ON_CHECKPOINT_ERROR = ("stop", "warn")
 DEFAULT_CONSOLE_KEYS = (
     "reward/mean",
@@ -265,6 +267,14 @@ class ClusterConfig:
     ray_dashboard: bool = False
     bind_localhost: bool = True  # keep Ray's ports on 127.0.0.1 (local clusters)
     env_vars: dict[str, str] = field(default_factory=dict)  # extra runtime_env variables for every actor
+    num_nodes: int | None = None  # joined cluster: wait until this many nodes are alive (null = don't wait)
+    join_timeout_s: float = 300.0  # how long to wait for cluster.num_nodes
+    placement_timeout_s: float = (
+        120.0  # how long a placement that fits the cluster may wait for free resources
+    )
+    # Custom Ray resources each actor of a role asks for, to pin roles to nodes started with `ray start
+    # --resources`: {learner: {...}, rollout: {...}, reward: {...}} (docs/launch.md).
+    role_resources: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass

@@ -24,6 +24,8 @@ from .schema import (
     ON_CHECKPOINT_ERROR,
     OPTIMIZERS,
     PLACEMENTS,
+    RAY_BUILTIN_RESOURCES,
+    ROLES,
     ROLLOUT_DTYPES,
     ROLLOUT_ENGINES,
     STALE_POLICIES,
@@ -435,3 +437,20 @@ def _logger_cluster(c: _Checker, cfg: Config) -> None:
     c.choice("cluster.placement", k.placement, PLACEMENTS)
     c.check(k.num_cpus is None or k.num_cpus >= 1, "cluster.num_cpus", k.num_cpus, "must be >= 1 or null")
     c.check(k.num_gpus is None or k.num_gpus >= 0, "cluster.num_gpus", k.num_gpus, "must be >= 0 or null")
+    c.check(k.num_nodes is None or k.num_nodes >= 1, "cluster.num_nodes", k.num_nodes, "must be >= 1 or null")
+    if k.num_nodes and k.num_nodes > 1 and not k.address:
+        c.fail(f"cluster.num_nodes={k.num_nodes} needs cluster.address (a local Ray has one node): start Ray on "
+               "the nodes (`ray start`, docs/launch.md) and join with cluster.address=HEAD_IP:PORT")  # fmt: skip
+    c.check(k.join_timeout_s > 0, "cluster.join_timeout_s", k.join_timeout_s, "must be > 0")
+    c.check(k.placement_timeout_s > 0, "cluster.placement_timeout_s", k.placement_timeout_s, "must be > 0")
+    for role, resources in k.role_resources.items():
+        if role not in ROLES:
+            c.fail(f"cluster.role_resources.{role} is not a role: use one of {', '.join(ROLES)}"
+                   + did_you_mean(role, ROLES))  # fmt: skip
+        for name, amount in (resources or {}).items():
+            if name in RAY_BUILTIN_RESOURCES or name.startswith("node:"):
+                c.fail(f"cluster.role_resources.{role}.{name}: give custom resources only (CPUs and GPUs come "
+                       "from learner.num_cpus_per_rank and the cluster; pin to a node with a resource its "
+                       "`ray start --resources` declares)")  # fmt: skip
+            c.check(amount > 0, f"cluster.role_resources.{role}.{name}", amount,
+                    "must be > 0 (a fraction such as 0.01 pins without limiting how many actors share the node)")  # fmt: skip

@@ -92,6 +92,9 @@ class WeightSync:
         try:
             stats = self._send()
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, RuntimeError) as err:
+            lost = self.learner.failure_in(err, "the weight sync")
+            if lost:  # a learner rank died: nothing to mend here (LearnerFailure stops the run)
+                raise lost from err
             dead = self._engines_lost_in_sync()
             if not dead:  # the learner's side failed, or something else than an engine: not ours to mend
                 if isinstance(err, ray.exceptions.GetTimeoutError):

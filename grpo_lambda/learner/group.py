@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from grpo_lambda.compat import actor_id_hex
 from grpo_lambda.config.schema import Config
 from grpo_lambda.distributed.actor_group import ActorGroup
 from grpo_lambda.distributed.placement import RolePlacement, RoleSpec, place_roles
@@ -160,6 +161,17 @@ class LearnerGroup:
             except Exception:
                 pass
         return sorted(dead)
+
+    def failure_in(self, err: BaseException, method: str) -> LearnerFailure | None:
+        """A LearnerFailure naming the rank when `err` is the death of one of the ranks, raised outside `_get` (the
+        weight sync waits on both sides at once), else None."""
+        import ray
+
+        if isinstance(err, ray.exceptions.RayActorError) and err.actor_id:
+            ids = [actor_id_hex(a) for a in self.group.actors]
+            if err.actor_id in ids:
+                return self._failure([ids.index(err.actor_id)], method)
+        return None
 
     def _failure(self, ranks: list[int], method: str) -> LearnerFailure:
         def where(rank: int) -> str:

@@ -56,6 +56,7 @@ class VerifierPool:
         chunk_size: requests per message to a subprocess (amortises IPC).
         memory_limit_mb: address-space cap per subprocess (None: no cap).
         num_cpus_per_worker: Ray CPUs reserved by each actor.
+        resources: custom Ray resources each actor asks for (pins the pool to nodes declaring them).
         warm_parser: pre-parse common answer shapes at start-up (~3 s once; faster first checks).
     """
 
@@ -69,6 +70,7 @@ class VerifierPool:
         memory_limit_mb: int | None = 2048,
         num_cpus_per_worker: float = 1.0,
         warm_parser: bool = True,
+        resources: dict[str, float] | None = None,
     ) -> None:
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
@@ -90,7 +92,9 @@ class VerifierPool:
             raise RuntimeError(
                 "VerifierPool(use_ray=True) needs Ray: call ray.init() first (or use_ray=False)"
             )
-        actor_cls = _actor_class().options(num_cpus=num_cpus_per_worker, max_restarts=3, max_task_retries=3)
+        actor_cls = _actor_class().options(
+            num_cpus=num_cpus_per_worker, resources=dict(resources or {}), max_restarts=3, max_task_retries=3
+        )
         self._actors = [
             actor_cls.remote(procs_per_worker, timeout_s, chunk_size, memory_limit_mb, warm_parser)
             for _ in range(num_workers)

@@ -116,6 +116,11 @@ def test_ray_internals(monkeypatch):
         assert kwargs == {"_node_ip_address": "127.0.0.1"}
         assert services.resolve_ip_for_localhost("127.0.0.1") == "127.0.0.1"
     assert ray_constants.ENABLE_RAY_CLUSTER is saved
+    # actor_id_hex: the handle's private id, in the form RayActorError.actor_id carries
+    from ray.actor import ActorHandle
+
+    assert isinstance(ActorHandle.__dict__.get("_actor_id"), property), "ActorHandle._actor_id is gone"
+    assert "self.actor_id = actor_id" in inspect.getsource(ray.exceptions.RayActorError.__init__)
 
 
 def test_deepspeed_checkpoint_loads_go_through_torch_load():

@@ -194,6 +194,15 @@ def test_bad_values_from_the_command_line_name_the_key():
         ("data.arithmetic.ops", ["+", "/"], "data.arithmetic.ops=['+', '/'] must be a non-empty list"),
         ("trainer.run_name", "a/b", "trainer.run_name='a/b' must be a plain folder name"),
         ("cluster.placement", "splitt", "did you mean 'split'"),
+        ("cluster.num_nodes", 2, "cluster.num_nodes=2 needs cluster.address"),
+        ("cluster.join_timeout_s", 0.0, "cluster.join_timeout_s=0.0 must be > 0"),
+        ("cluster.role_resources", {"rolout": {"n": 1.0}}, "cluster.role_resources.rolout is not a role"),
+        (
+            "cluster.role_resources",
+            {"rollout": {"GPU": 1.0}},
+            "cluster.role_resources.rollout.GPU: give custom",
+        ),
+        ("cluster.role_resources", {"reward": {"n": 0.0}}, "cluster.role_resources.reward.n=0.0 must be > 0"),
     ],
 )
 def test_bad_value_names_key(base, key, value, fragment):
@@ -362,6 +371,8 @@ def test_new_dict_entries_need_a_plus():
     with pytest.raises(ConfigError, match=r"add a new entry with '\+': \+cluster.env_vars.FOO=<value>"):
         load_config(["cluster.env_vars.FOO=1"])
     assert load_config(["+cluster.env_vars.FOO=1"]).cluster.env_vars == {"FOO": "1"}
+    pinned = load_config(["+cluster.role_resources.rollout.rollout_node=0.01", "cluster.placement=split"])
+    assert pinned.cluster.role_resources == {"rollout": {"rollout_node": 0.01}}
     assert (
         load_config(["+reward.verifier_by_dataset.aime24=math"]).reward.verifier_by_dataset["aime24"]
         == "math"

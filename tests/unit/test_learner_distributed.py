@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from grpo_lambda.distributed.placement import RoleSpec, colocated_bundles
+from grpo_lambda.distributed.placement import RoleSpec, colocated_bundles, unplaceable
 from grpo_lambda.distributed.rendezvous import Rendezvous, default_backend, find_free_port, local_ranks
 
 
@@ -52,6 +52,30 @@ def test_colocated_bundles_sum_roles():
     assert colocated_bundles([RoleSpec("cpu_only", 1)]) == [{"CPU": 1.0}]
     with pytest.raises(ValueError, match="must sum to at most 1"):
         colocated_bundles([RoleSpec("a", 1, gpus_per_actor=1), RoleSpec("b", 1, gpus_per_actor=0.5)])
+
+
+def test_role_resources_go_into_bundles_and_options():
+    learner = RoleSpec("learner", 2, cpus_per_actor=1, resources={"trainer_node": 0.01})
+    rollout = RoleSpec("rollout", 1, cpus_per_actor=1, resources={"trainer_node": 0.01, "fast": 1})
+    assert colocated_bundles([learner, rollout]) == [
+        {"CPU": 2.0, "trainer_node": 0.02, "fast": 1.0},
+        {"CPU": 1.0, "trainer_node": 0.01},
+    ]
+    with pytest.raises(ValueError, match="resources > 0"):
+        RoleSpec("learner", 1, resources={"x": 0})
+
+
+def test_unplaceable_names_what_no_node_has():
+    nodes = [{"CPU": 2.0, "rollout_node": 1.0}, {"CPU": 4.0, "GPU": 1.0}]
+    assert unplaceable([{"CPU": 1.0, "rollout_node": 0.5}] * 2, nodes) is None
+    assert unplaceable([{"CPU": 2.0, "GPU": 1.0}], nodes) is None
+    # each bundle fits some node, but not all three at once
+    assert "need {'CPU': 7.0} in all" in unplaceable([{"CPU": 3.0}, {"CPU": 2.0}, {"CPU": 2.0}], nodes)
+    # both resources exist, never on one node
+    assert unplaceable([{"CPU": 1.0, "GPU": 1.0, "rollout_node": 0.1}], nodes) == (
+        "no node has {'CPU': 1.0, 'GPU': 1.0, 'rollout_node': 0.1}"
+    )
+    assert unplaceable([{"CPU": 1.0, "learner_node": 1.0}], nodes).startswith("no node has")
 
 
 def test_role_spec_validation():
