@@ -70,16 +70,19 @@ class RayNode:
                 cmd, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT
             )
 
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
     def stop(self, timeout_s: float = 30) -> None:
-        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.proc.pid, sig)
-                self.proc.wait(timeout=wait)
-                return
-            except ProcessLookupError:
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +108,9 @@ def cluster(tmp_path_factory):
             nodes[ip] = RayNode(ip, env, port, logs / f"{ip}.log", temp_dir)
         yield {"address": f"127.0.0.2:{port}", "env": env, "nodes": nodes}
     finally:
-        for node in reversed(list(nodes.values())):
+        for node in nodes.values():  # all at once: each shuts its own processes down
+            node.signal(signal.SIGTERM)
+        for node in nodes.values():
             node.stop()
         for temp_dir in temp_dirs:
             shutil.rmtree(temp_dir, ignore_errors=True)
@@ -166,6 +171,21 @@ def test_roles_run_on_the_nodes_they_are_pinned_to_and_weights_cross_nodes(clust
     assert where.get("LearnerActor") == {"127.0.0.4"}, where
     assert where.get("EngineActor") == {"127.0.0.3"}, where
     assert where.get("VerifierWorker") == {"127.0.0.2"}, where
+
+
+@pytest.mark.timeout(300)
+def test_a_run_the_cluster_can_never_place_fails_at_once_naming_what_it_asked_for(cluster, tmp_path):
+    joined = [f"cluster.address={cluster['address']}", "cluster.placement=split",
+              "+cluster.role_resources.rollout.gpu_node=1"]  # fmt: skip
+    start = time.monotonic()
+    done = train(tmp_path, cluster["env"], *joined, timeout_s=250)
+    took = time.monotonic() - start
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "PlacementError" in output, output[-4000:]
+    assert "'gpu_node': 1.0" in output and "can never hold" in output and "rollout_node" in output, output[
+        -4000:
+    ]
+    assert took < 200, f"{took:.0f} s"  # the driver's start-up; the placement itself waits for nothing
 
 
 @pytest.mark.timeout(600)
