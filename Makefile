@@ -13,7 +13,7 @@ EXTRAS ?= cpu,lora,dev
 # Extra pip arguments, e.g. an index that serves torch 2.13.0+cpu where no local CPU wheel exists.
 PIP_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration lint bench bench-step bench-trl-venv clean-venv
+.PHONY: install demo test test-unit test-integration lint bench bench-step bench-trl-venv clean-venv docker
 
 install: $(STAMP)
 
@@ -81,3 +81,22 @@ $(TRL_STAMP): Makefile
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The images (docker/README.md): grpo-lambda:cpu and grpo-lambda:gpu from docker/Dockerfile.{cpu,gpu}, with the
+# first builder found: docker (only if its daemon answers), else podman, else buildah. With none, it says so and
+# fails (exit 1), so that CI or a script never takes "nothing built" for success. `make docker IMAGES=cpu` builds one;
+# DOCKER_BUILD_ARGS go to the builder (e.g. --build-arg PIP_ARGS="--extra-index-url <index with torch 2.13.0+cpu>").
+# Without a registry, scripts/build_cpu_image.sh builds the CPU image on a local Debian base instead.
+IMAGES ?= cpu gpu
+IMAGE_NAME ?= grpo-lambda
+DOCKER_BUILD_ARGS ?=
+docker:
+	@if docker info >/dev/null 2>&1; then builder="docker build"; \
+	elif command -v podman >/dev/null; then builder="podman build"; \
+	elif command -v buildah >/dev/null; then builder="buildah bud"; \
+	else echo "make docker: no image builder available (need docker with a running daemon, podman or buildah);" \
+	  "nothing built. Without a registry, see scripts/build_cpu_image.sh." >&2; exit 1; fi; \
+	for i in $(IMAGES); do \
+	  echo "+ $$builder -f docker/Dockerfile.$$i -t $(IMAGE_NAME):$$i $(DOCKER_BUILD_ARGS) ."; \
+	  $$builder -f docker/Dockerfile.$$i -t $(IMAGE_NAME):$$i $(DOCKER_BUILD_ARGS) . || exit 1; \
+	done
