@@ -12,6 +12,7 @@ that reads an engine's weights back.)
 | ZeRO-3 parameter attributes `ds_id`, `ds_numel` | DeepSpeed 0.19.8 | tell partitioned parameters apart, count them |
 | `optimizer._global_grad_norm` | DeepSpeed 0.19.8 | whether DeepSpeed records the global grad norm |
 | the classes DeepSpeed pickles into its checkpoint files; its `torch.load(weights_only=False)` calls | DeepSpeed 0.19.8 | load checkpoints with `weights_only=True` |
+| `builtins.getattr`, the global Python 3.11.0-3.11.3 pickle enum members with (torch reads protocol 2's `__builtin__ getattr` as it), registered as a `(callable, name)` safe global | torch 2.13 | load checkpoints saved under those Pythons (`enum_member_by_name`) |
 | `ProcessGroupGloo` / `ProcessGroupNCCL` constructors, `ProcessGroupNCCL.Options._timeout`, `ProcessGroupGloo._Options._devices` | torch 2.13 | the weight-sync group beside DeepSpeed's default group, on a given address |
 | `ray._private.authentication...maybe_enable_token_auth_if_token_available` | Ray 2.60 | a client joining a token-auth cluster |
 | `ray.init(_node_ip_address=...)`, `ray._private.ray_constants.ENABLE_RAY_CLUSTER` | Ray 2.60 | keep a local cluster's ports on 127.0.0.1 |
@@ -20,9 +21,12 @@ that reads an engine's weights back.)
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import pickle
+import reprlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
+from enum import Enum
 from typing import Any
 
 DEEPSPEED_VERSION = "0.19.8"
@@ -73,12 +77,41 @@ def deepspeed_checkpoint_globals() -> list[type]:
     return [LossScaler, ZeroStageEnum, fragment_address]
 
 
+# Python 3.11.0-3.11.3 pickle an Enum member by name, as `getattr(cls, name)` (GLOBAL + REDUCE); 3.11.4+ and the
+# other releases pickle it by value, as `cls(value)`. torch 2.13's weights-only unpickler reads protocol 2's
+# `__builtin__ getattr` (what `torch.save` writes) as this name.
+ENUM_BY_NAME_GLOBAL = "builtins.getattr"
+
+
+def enum_member_by_name(enums: Iterable[type]) -> Callable[[Any, Any], Enum]:
+    """The stand-in `weights_only_torch_load` registers as `builtins.getattr`: `getattr(cls, name)` only where `cls`
+    is one of the Enum classes in `enums` and `name` one of its members (`__members__`, aliases included); anything
+    else raises `pickle.UnpicklingError`. The real `getattr` would hand a checkpoint any attribute of any object it
+    can build (an allowed class's methods, a function's module globals through `__globals__` ...)."""
+    allowed = tuple(cls for cls in enums if isinstance(cls, type) and issubclass(cls, Enum))
+
+    def getattr_enum_member(cls: Any, name: Any) -> Enum:
+        if any(cls is enum for enum in allowed) and type(name) is str and name in cls.__members__:
+            return cls.__members__[name]
+        what = f"{cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else reprlib.repr(cls)
+        names = ", ".join(f"{enum.__module__}.{enum.__qualname__}" for enum in allowed) or "none"
+        raise pickle.UnpicklingError(
+            f"GLOBAL {ENUM_BY_NAME_GLOBAL} refused getattr({what}, {reprlib.repr(name)}): a checkpoint may only "
+            f"use it for a member of an allow-listed Enum class (allowed: {names})"
+        )
+
+    return getattr_enum_member
+
+
 @contextmanager
 def weights_only_torch_load(allowed: Sequence[type] = ()) -> Iterator[None]:
     """Inside the block every `torch.load` runs with `weights_only=True`, allowing `allowed` classes besides tensors
     and plain containers, including the calls DeepSpeed 0.19.8 makes with `weights_only=False` (its
     `TorchCheckpointEngine.load`, used by `engine.load_checkpoint`, and `utils.zero_to_fp32`). A file holding any
     other Python object raises `pickle.UnpicklingError` naming it instead of running it.
+
+    A member of an allowed Enum class also loads when pickled by name, as Python 3.11.0-3.11.3 write it
+    (`getattr(cls, name)`): `builtins.getattr` is mapped to `enum_member_by_name(allowed)`, never to the real one.
 
     It replaces the `torch.load` attribute for the block (DeepSpeed calls it as `torch.load`), so it applies to every
     thread of the process meanwhile: use it around a load, not around a run."""
@@ -90,7 +123,8 @@ def weights_only_torch_load(allowed: Sequence[type] = ()) -> Iterator[None]:
         kwargs["weights_only"] = True
         return real_load(*args, **kwargs)
 
-    with torch.serialization.safe_globals(list(allowed)):
+    by_name = (enum_member_by_name(allowed), ENUM_BY_NAME_GLOBAL)
+    with torch.serialization.safe_globals([*allowed, by_name]):
         torch.load = load
         try:
             yield

@@ -144,3 +144,35 @@ def test_deepspeed_checkpoint_loads_go_through_torch_load():
     assert vars(loaded["loss_scaler"]) == vars(state["loss_scaler"]) and torch.equal(loaded["t"], state["t"])
     with pytest.raises(Exception, match="GLOBAL"):  # without the allow-list they are refused
         torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+
+
+class EnumByName:
+    """Pickles as Python 3.11.0-3.11.3 pickle an Enum member: `getattr(cls, name)` (3.11.4+: `cls(value)`)."""
+
+    def __init__(self, cls, name):
+        self.cls, self.name = cls, name
+
+    def __reduce__(self):
+        return getattr, (self.cls, self.name)
+
+
+def test_enum_members_pickled_by_name_load_weights_only():
+    """A DeepSpeed checkpoint saved under Python 3.11.0-3.11.3 holds its ZeroStageEnum as `getattr(cls, name)`:
+    torch.save writes `__builtin__ getattr` (protocol 2), torch's weights-only unpickler reads it as
+    `compat.ENUM_BY_NAME_GLOBAL` and calls what is registered under that name (a `(callable, name)` safe global)."""
+    import io
+
+    _, zero_stage, _ = compat.deepspeed_checkpoint_globals()
+    buffer = io.BytesIO()
+    torch.save({"zero_stage": EnumByName(zero_stage, "gradients"), "alias": EnumByName(zero_stage, "max_stage"),
+                "t": torch.ones(2)}, buffer)  # fmt: skip
+    # GLOBAL '__builtin__ getattr', as Python 3.11.2 writes it:
+    assert b"c__builtin__\ngetattr\n" in buffer.getvalue()
+    with compat.weights_only_torch_load(compat.deepspeed_checkpoint_globals()):
+        loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)  # forced to True
+    assert loaded["zero_stage"] is zero_stage.gradients and loaded["alias"] is zero_stage.weights
+    assert torch.equal(loaded["t"], torch.ones(2))
+    # not allowed outside the block (torch's message drops "builtins."):
+    with pytest.raises(Exception, match="GLOBAL getattr was not an allowed global"):
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    assert not any(isinstance(g, tuple) for g in torch.serialization.get_safe_globals())  # unregistered after

@@ -7,6 +7,7 @@ Makefile and pyproject.toml. hadolint comes from the `dev` extra (the hadolint-p
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import shlex
 import shutil
@@ -24,6 +25,7 @@ except ModuleNotFoundError:  # Python 3.10
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 HADOLINT_CONFIG = REPO / ".hadolint.yaml"
+DOCKERIGNORE = REPO / ".dockerignore"
 
 if not (DOCKER / "Dockerfile.cpu").is_file():  # e.g. the tests copied into an image, which carries no docker/
     pytest.skip("docker/ is not in this tree", allow_module_level=True)
@@ -138,6 +140,71 @@ def test_copied_paths_exist_and_are_not_ignored(dockerfile: Path) -> None:
         assert not ignored, (
             f"{dockerfile.name} copies git-ignored paths (absent from a fresh clone): {ignored}"
         )
+
+
+def _dockerignore_regex(pattern: str) -> re.Pattern:
+    """A .dockerignore pattern as a regex over a context-relative posix path: Go's filepath.Match (`*`, `?`, `[...]`)
+    plus `**` (any number of folders), as Docker reads it. Enough for the patterns in this repository's file."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            out, i = out + "[" + ("^" + body[1:] if body[0] in "!^" else body) + "]", end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def _dockerignored(path: str) -> bool:
+    """Whether Docker leaves `path` (relative to the context) out of the build context: the last pattern matching it
+    or one of its parent folders decides, a `!pattern` putting it back."""
+    lines = (line.strip() for line in DOCKERIGNORE.read_text().splitlines())
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    ignored = False
+    for line in (x for x in lines if x and not x.startswith("#")):
+        negated = line.startswith("!")
+        regex = _dockerignore_regex(posixpath.normpath(line.lstrip("!")).lstrip("/"))
+        if any(regex.fullmatch(prefix) for prefix in prefixes):
+            ignored = not negated
+    return ignored
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
+    """Virtual environments (GBs), run outputs, version control, caches and build leftovers are not sent as context."""
+    left_out = [".venv/lib/python3.11/site-packages/torch/__init__.py", ".venv-trl/bin/python", ".git/HEAD",
+                "runs/cpu_demo/driver.json", "outputs/2026-12-01/x.log", "wandb/latest-run", "multirun/a/b",
+                "grpo_lambda.egg-info/PKG-INFO", "grpo_lambda/__pycache__/x.cpython-311.pyc",
+                "tests/unit/__pycache__/test_x.pyc", "grpo_lambda/x.pyc", ".pytest_cache/v/x", ".ruff_cache/x",
+                "build/lib/x.py", "dist/x.whl", ".whl/torch.whl", ".cache/x"]  # fmt: skip
+    assert [p for p in left_out if not _dockerignored(p)] == []
+    sent = ["pyproject.toml", "Makefile", "README.md", "grpo_lambda/__init__.py", "conf/config.yaml",
+            "scripts/build_cpu_image.sh", "tests/unit/test_dockerfiles.py", "docker/Dockerfile.cpu"]  # fmt: skip
+    assert [p for p in sent if _dockerignored(p)] == []
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
+def test_dockerignore_excludes_nothing_copied(dockerfile: Path) -> None:
+    """No COPY source, nor any tracked file under one (what a fresh clone holds), is matched by .dockerignore."""
+    sources = [Path(s).as_posix().rstrip("/") for s in _copy_sources(dockerfile)]
+    paths = list(sources)
+    if (REPO / ".git").exists() and shutil.which("git"):
+        tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--", *sources],
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+        paths += [p for p in tracked.split("\0") if p]
+    ignored = [p for p in paths if _dockerignored(p)]
+    assert not ignored, (
+        f"{dockerfile.name} copies paths that .dockerignore leaves out of the context: {ignored}"
+    )
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)

@@ -8,6 +8,23 @@ import pytest
 
 from grpo_lambda.config import ConfigError, load_config
 from grpo_lambda.config.loading import check_overrides_or_exit
+from grpo_lambda.config.schema import DATA_DIR_ENV
+
+
+@pytest.fixture
+def config_data_dir(tmp_path, monkeypatch):
+    """A data folder ($GRPO_LAMBDA_DATA_DIR) holding an empty file for every data file the evaluate config and
+    data=gsm8k name: the config checks only look for the files, so these tests need no datasets."""
+    names = set()
+    for overrides, config_name in (([], "evaluate"), (["data=gsm8k"], "config")):
+        data = load_config(overrides, config_name=config_name, check_files=False).data
+        names |= {*data.train_files, *data.eval_files}
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in names:
+        (folder / name).touch()
+    monkeypatch.setenv(DATA_DIR_ENV, str(folder))
+    return folder
 
 
 def test_evaluate_config_has_the_paper_defaults():
@@ -17,7 +34,7 @@ def test_evaluate_config_has_the_paper_defaults():
     assert {"aime24", "math500", "olympiadbench", "minerva_math", "amc23"} <= set(e.datasets)
 
 
-def test_evaluate_config_errors_name_the_key(capsys):
+def test_evaluate_config_errors_name_the_key(capsys, config_data_dir):
     with pytest.raises(SystemExit) as exc:
         check_overrides_or_exit(["eval.sampels_per_prompt=4"], config_name="evaluate")
     assert exc.value.code == 2
@@ -73,7 +90,8 @@ def test_output_dir_defaults_to_the_model_folder_name(tmp_path):
     assert str(output_dir(cfg)) == "/x/eval/my_run"
 
 
-def test_only_eval_datasets_take_file_stems():
+def test_only_eval_datasets_take_file_stems(config_data_dir):
+    assert {"gsm8k_train.jsonl", "gsm8k_test.jsonl"} <= {p.name for p in config_data_dir.iterdir()}
     load_config(["eval.datasets=[gsm8k_test]"], config_name="evaluate")  # gsm8k_test.jsonl
     with pytest.raises(ConfigError, match=r"data.train_files\[0\]='gsm8k_train' not found"):
         load_config(["data=gsm8k", "data.train_files=[gsm8k_train]"])  # the trainer reads names as given

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ast
 import os
+import pickle
 import threading
 from datetime import timedelta
+from enum import Enum
 from pathlib import Path
 
 import psutil
@@ -198,6 +200,85 @@ def test_weights_only_torch_load_forces_and_restores(tmp_path):
     with pytest.raises(Exception, match="GLOBAL"), weights_only_torch_load():
         torch.load(tmp_path / "evil.pt", weights_only=False)
     assert not target.exists() and torch.load is torch.serialization.load
+
+
+class EnumByName:
+    """Pickles as `getattr(cls, name)`: how Python 3.11.0-3.11.3 pickle an Enum member, and what a crafted file
+    would use to reach any attribute of an object it can build."""
+
+    def __init__(self, cls, name):
+        self.cls, self.name = cls, name
+
+    def __reduce__(self):
+        return getattr, (self.cls, self.name)
+
+
+class Colour(Enum):
+    RED = 1
+
+
+def getattr_case(case: str) -> tuple[object, str, list]:
+    """(cls, name, other allow-listed globals) of a `getattr` the stand-in refuses and the real one answers."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    return {
+        "class that is no Enum": (LossScaler, "__init__", []),
+        "Enum, a classmethod": (ZeroStageEnum, "from_bytes", []),
+        "Enum, its metaclass": (ZeroStageEnum, "__class__", []),
+        "function's module globals": (torch._utils._rebuild_tensor_v2, "__globals__", []),
+        "Enum allow-listed elsewhere": (Colour, "RED", [Colour]),  # not one of weights_only_torch_load's
+    }[case]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "class that is no Enum",
+        "Enum, a classmethod",
+        "Enum, its metaclass",
+        "function's module globals",
+        "Enum allow-listed elsewhere",
+    ],
+)
+def test_getattr_in_a_checkpoint_returns_allow_listed_enum_members_only(tmp_path, case):
+    """`builtins.getattr` in a weights-only load is `compat.enum_member_by_name`, not the builtin: anything but a
+    member of an Enum passed to weights_only_torch_load is refused. Each file does load with the real getattr."""
+    from grpo_lambda.compat import ENUM_BY_NAME_GLOBAL, deepspeed_checkpoint_globals, weights_only_torch_load
+
+    cls, name, elsewhere = getattr_case(case)
+    allowed = deepspeed_checkpoint_globals()
+    torch.save({"x": EnumByName(cls, name)}, tmp_path / "crafted.pt")
+    with torch.serialization.safe_globals([*allowed, *elsewhere, (getattr, ENUM_BY_NAME_GLOBAL)]):  # control
+        assert torch.load(tmp_path / "crafted.pt", weights_only=True)["x"] == getattr(cls, name)
+    with (
+        torch.serialization.safe_globals(elsewhere),
+        pytest.raises(pickle.UnpicklingError, match=rf"GLOBAL {ENUM_BY_NAME_GLOBAL} refused getattr\("),
+        weights_only_torch_load(allowed),
+    ):
+        torch.load(tmp_path / "crafted.pt", weights_only=False)
+    assert torch.load is torch.serialization.load
+    assert not any(isinstance(g, tuple) for g in torch.serialization.get_safe_globals())
+
+
+def test_export_loads_enum_members_pickled_by_name_and_refuses_other_getattrs(tmp_path):
+    """Export (`load_checkpoint_file`) reads a ZeroStageEnum pickled by name (Python 3.11.0-3.11.3) and refuses
+    any other `getattr` with an ExportError naming the file and the refusal on one line."""
+    from deepspeed.runtime.zero.config import ZeroStageEnum as zero_stage
+
+    from grpo_lambda.export import ExportError, load_checkpoint_file
+
+    good = tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    bad = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"optimizer_state_dict": {"zero_stage": EnumByName(zero_stage, "gradients")}}, good)
+    assert load_checkpoint_file(good)["optimizer_state_dict"]["zero_stage"] is zero_stage.gradients
+    cls, name, _ = getattr_case("class that is no Enum")
+    torch.save({"module": {"w": torch.ones(2)}, "x": EnumByName(cls, name)}, bad)
+    with pytest.raises(ExportError) as info:
+        load_checkpoint_file(bad)
+    message = str(info.value)
+    assert message.startswith(f"{bad}: refused to load") and "\n" not in message
+    assert "GLOBAL builtins.getattr refused getattr(deepspeed.runtime.fp16.loss_scaler.LossScaler" in message
 
 
 # ----------------------------------------------------------------------------- no unsafe calls in source
