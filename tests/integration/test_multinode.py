@@ -94,7 +94,7 @@ def cluster(tmp_path_factory):
     token.write_text(secrets.token_hex(32))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN_PATH=str(token))  # fmt: skip
+               RAY_AUTH_TOKEN_PATH=str(token), RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")  # stop at once on SIGTERM  # fmt: skip
     port = find_free_port()
     temp_dirs = [tempfile.mkdtemp(prefix="mn", dir="/tmp") for _ in range(2)]  # short: Ray's unix sockets
     nodes = {"127.0.0.2": RayNode("127.0.0.2", env, port, logs / "head.log", None)}
