@@ -94,6 +94,15 @@ def _bundle(cpus: float, gpus: float, resources: dict[str, float] | None = None)
     return bundle
 
 
+def _sum(dicts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Resource amounts added up by name."""
+    total: dict[str, float] = {}
+    for d in dicts:
+        for name, amount in d.items():
+            total[name] = total.get(name, 0.0) + amount
+    return total
+
+
 def _fits(need: dict[str, float], have: dict[str, float]) -> bool:
     return all(amount <= have.get(name, 0.0) + 1e-9 for name, amount in need.items() if amount > 0)
 
@@ -104,14 +113,7 @@ def unplaceable(bundles: Sequence[dict[str, float]], nodes: Sequence[dict[str, f
     for bundle in bundles:
         if not any(_fits(bundle, node) for node in nodes):
             return f"no node has {bundle}"
-    total: dict[str, float] = {}
-    for node in nodes:
-        for name, amount in node.items():
-            total[name] = total.get(name, 0.0) + amount
-    need: dict[str, float] = {}
-    for bundle in bundles:
-        for name, amount in bundle.items():
-            need[name] = need.get(name, 0.0) + amount
+    total, need = _sum(nodes), _sum(bundles)
     short = {name: amount for name, amount in need.items() if amount > total.get(name, 0.0) + 1e-9}
     return (
         f"they need {short} in all, the cluster has { ({n: total.get(n, 0.0) for n in short}) }"
@@ -217,9 +219,5 @@ def colocated_bundles(roles: Sequence[RoleSpec]) -> list[dict[str, float]]:
                 f"colocated roles {[r.name for r in here]} ask for {gpus:g} GPUs in one bundle; colocated actors "
                 "share one GPU, so their gpus_per_actor must sum to at most 1 (e.g. 0.5 each)"
             )
-        bundle: dict[str, float] = {}
-        for r in here:
-            for name, amount in r.bundle().items():
-                bundle[name] = bundle.get(name, 0.0) + amount
-        bundles.append(bundle)
+        bundles.append(_sum([r.bundle() for r in here]))
     return bundles
