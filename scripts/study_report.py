@@ -41,8 +41,14 @@ Power (normal approximation, two-sided α = 0.05, power 0.8): seeds (pairs) need
     n = ((z_{1-α/2} + z_{power}) * sd(d) / δ)^2,   z_{0.975} = 1.960, z_{0.8} = 0.842
 for δ = the observed difference and δ = ``--delta`` (default 0.03: the paper's +3 points of accuracy).
 
+Sweeps: arms of one algorithm.name that differ only in lr or only in lam form a sweep; per sweep a table of the
+swept value against final_reward, auc_reward, acc_final, grad_norm_median and clipped_frac, its best value (the
+highest mean final_reward, the baseline's rule) marked, and each algorithm at its best lr compared with the
+baseline (the comparison rows of that arm).
+
 Writes into ``--out`` (default ``<first folder>/report``): curves.png, table.md, comparison.md (both printed),
-runs.jsonl (one line per run: the raw numbers behind the table) and report.json (everything).
+runs.jsonl (one line per run: the raw numbers behind the table) and report.json (everything); where there are
+sweeps also sweeps.md (printed) and sweeps.png.
 Only numpy, matplotlib (Agg) and the standard library (+ PyYAML, already a dependency) are used.
 """
 
@@ -98,6 +104,8 @@ TABLE_COLUMNS = {
     "wall_time_min": ("wall time (min)", 1),
 }
 COMPARED = {"acc_final": "held-out accuracy (end)", "auc_reward": "reward AUC"}
+SWEPT = {"lr": "learner.lr", "lam": "algorithm.lam"}  # label fields a sweep varies, the others held fixed
+SWEEP_COLUMNS = ("final_reward", "auc_reward", "acc_final", "grad_norm_median", "clipped_frac")
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -487,6 +495,93 @@ def comparison_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweeps_markdown(report: dict[str, Any]) -> str:
+    """One table per sweep (value -> the arm's numbers, the best marked), then each swept algorithm at its best
+    against the baseline, from the comparison rows."""
+    if not report["sweeps"]:
+        return "No sweeps (no arms of one algorithm that differ in only lr or lam).\n"
+    last = report["settings"]["last"]
+    titles = [TABLE_COLUMNS[k][0].replace("last L", f"last {last}") for k in SWEEP_COLUMNS]
+    lines = []
+    for sw in report["sweeps"]:
+        fixed = ", ".join(f"{k}={_fmt_value(v)}" for k, v in sw["fixed"].items())
+        head = [sw["field"], "arm", "n seeds", *titles]
+        lines += [f"**{SWEPT[sw['field']]} sweep of {sw['name']}** ({fixed})", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+        for pt in sw["points"]:
+            cells = [fmt_stat(pt["stats"][k], TABLE_COLUMNS[k][1]) for k in SWEEP_COLUMNS]
+            mark = " **(best)**" if pt["label"] == sw["best"] else ""
+            lines.append(
+                f"| {_fmt_value(pt['value'])}{mark} | {pt['label']} | {pt['n']} | " + " | ".join(cells) + " |"
+            )
+        lines.append("")
+    lines.append(
+        "Best = the highest mean final training reward (last L steps), the rule the baseline is chosen by. It is "
+        "chosen on the same seeds it is then judged on, which flatters every swept arm's best a little (on both sides "
+        "of a comparison of bests)."
+    )
+    base = report["baseline"]
+    bests = [sw for sw in report["sweeps"] if sw["field"] == "lr" and base and sw["best"] != base["label"]]
+    if bests:
+        lines += ["", f"Each algorithm at its best learning rate minus the baseline **{base['label']}**:"]
+        for sw in bests:
+            for c in report["comparisons"]:
+                if c["arm"] == sw["best"]:
+                    ci = "no interval" if c["ci95"] is None else f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
+                    lines.append(f"- {sw['best']}, {COMPARED[c['metric']]}: {_fmt(c['diff'], 4, signed=True)} "
+                                 f"95% CI {ci} ({c['pairing']}, n = {c['n_arm']})")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweeps(report: dict[str, Any], path: Path) -> None:
+    """sweeps.png: per swept field (a row) final training reward, held-out accuracy and median grad norm against the
+    swept value, one line per sweep (mean ± s.e. bars); lr on a log axis, λ evenly spaced (0, 0.9, 0.99, 1 would
+    crowd on a linear one); the baseline as a dashed line where it is not one of the row's points."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fields = [f for f in SWEPT if any(sw["field"] == f for sw in report["sweeps"])]
+    metrics = [("final_reward", "final training reward"), ("acc_final", "held-out greedy accuracy (end)"),
+               ("grad_norm_median", "grad norm (median)")]  # fmt: skip
+    fig = Figure(figsize=(14, 4.2 * len(fields)), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = np.atleast_2d(fig.subplots(len(fields), len(metrics), squeeze=False))
+    base = report["baseline"]
+    base_arm = next((a for a in report["arms"] if base and a["label"] == base["label"]), None)
+    for row, fld in zip(axes, fields):
+        sweeps = [sw for sw in report["sweeps"] if sw["field"] == fld]
+        values = sorted({pt["value"] for sw in sweeps for pt in sw["points"]})
+        for ax, (key, title) in zip(row, metrics):
+            for i, sw in enumerate(sweeps):
+                xs = [pt["value"] if fld == "lr" else values.index(pt["value"]) for pt in sw["points"]]
+                ys = [pt["stats"][key]["mean"] for pt in sw["points"]]
+                err = [pt["stats"][key]["se"] or 0.0 for pt in sw["points"]]
+                if all(y is not None for y in ys):
+                    fixed = ", ".join(f"{k}={_fmt_value(v)}" for k, v in sw["fixed"].items() if k in SWEPT)
+                    ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=3, color=f"C{i % 10}",
+                                label=f"{sw['name']} ({fixed})")  # fmt: skip
+            in_row = (
+                any(pt["label"] == base["label"] for sw in sweeps for pt in sw["points"]) if base else True
+            )
+            if base_arm is not None and not in_row and base_arm["stats"][key]["mean"] is not None:
+                m, e = base_arm["stats"][key]["mean"], base_arm["stats"][key]["se"] or 0.0
+                ax.axhline(m, color="k", ls="--", lw=1, label=f"{base['label']} (baseline)")
+                ax.axhspan(m - e, m + e, color="k", alpha=0.08, lw=0)
+            if fld == "lr":
+                ax.set_xscale("log")
+            else:
+                ax.set_xticks(range(len(values)), [_fmt_value(v) for v in values])
+            if key == "grad_norm_median":
+                ax.set_yscale("log")  # GRPO's ~2 and GRPO-λ's ~30 on one axis
+            ax.set_xlabel(SWEPT[fld])
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=8, loc="best")
+    fig.suptitle("sweeps: mean over seeds ± standard error")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def plot_curves(report: dict[str, Any], path: Path) -> None:
     """curves.png: reward/mean and held-out greedy accuracy against step, per arm mean ± s.e. band."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -561,6 +656,37 @@ def choose_baseline(arms: dict[str, list[Run]], baseline: str) -> tuple[str | No
         best,
         f"{best}: the best of {len(matches)} {baseline!r} arms by mean final training reward ({', '.join(matches)})",
     )
+
+
+def _final_reward(arm: dict[str, Any]) -> float:
+    m = arm["stats"]["final_reward"]["mean"]
+    return -math.inf if m is None else m
+
+
+def find_sweeps(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sweeps among the arms: groups of >= 2 arms that share algorithm.name and every label field but one of
+    SWEPT (e.g. GRPO at three learning rates). Each: {field, name, fixed, points (sorted by value), best}, best =
+    the arm with the highest mean final_reward (training reward, the rule the baseline is chosen by)."""
+    sweeps = []
+    for fld in SWEPT:
+        groups: dict[tuple, list[dict[str, Any]]] = {}
+        for a in arms:
+            if a["fields"].get(fld) is not None:
+                fixed = tuple((k, v) for k, v in a["fields"].items() if k != fld)
+                groups.setdefault(fixed, []).append(a)
+        for fixed, members in groups.items():
+            if len(members) < 2:
+                continue
+            members = sorted(members, key=lambda a: a["fields"][fld])
+            sweeps.append({
+                "field": fld,
+                "name": dict(fixed)["name"],
+                "fixed": {k: v for k, v in fixed if k != "name"},
+                "points": [{"value": a["fields"][fld], "label": a["label"], "n": a["n"],
+                            "stats": {k: a["stats"][k] for k in SWEEP_COLUMNS}} for a in members],
+                "best": max(members, key=_final_reward)["label"],
+            })  # fmt: skip
+    return sweeps
 
 
 def build_report(folders: list[Path], args: argparse.Namespace) -> tuple[dict[str, Any], list[Run]]:
@@ -641,6 +767,7 @@ def build_report(folders: list[Path], args: argparse.Namespace) -> tuple[dict[st
         "baseline_note": note,
         "arms": arm_out,
         "comparisons": comparisons,
+        "sweeps": find_sweeps(arm_out),
         "incomplete": incomplete,
         "skipped": skipped,
         "config_differences": varying_fields(complete),
@@ -664,6 +791,12 @@ def write_outputs(report: dict[str, Any], runs: list[Run], out: Path) -> tuple[s
     full = {**report, "runs": [run_record(r) for r in runs]}
     (out / "report.json").write_text(json.dumps(_json_safe(full), indent=1) + "\n", encoding="utf-8")
     plot_curves(report, out / "curves.png")
+    if report["sweeps"]:
+        (out / "sweeps.md").write_text(sweeps_markdown(report), encoding="utf-8")
+        plot_sweeps(report, out / "sweeps.png")
+    else:  # none left from an earlier report into this folder
+        for name in ("sweeps.md", "sweeps.png"):
+            (out / name).unlink(missing_ok=True)
     return table, comparison
 
 
@@ -707,7 +840,10 @@ def main(argv: list[str] | None = None) -> int:
     table, comparison = write_outputs(report, runs, out)
     print(table)
     print(comparison)
-    print(f"wrote {out}/curves.png, table.md, comparison.md, runs.jsonl, report.json")
+    if report["sweeps"]:
+        print(sweeps_markdown(report))
+    extra = ", sweeps.md, sweeps.png" if report["sweeps"] else ""
+    print(f"wrote {out}/curves.png, table.md, comparison.md, runs.jsonl, report.json{extra}")
     return 0
 
 

@@ -42,11 +42,11 @@ def algo(name: str) -> dict:
 
 
 def write_run(folder: Path, name: str, seed: int, reward, acc_end: float, *, lr=3e-5, grad_clip=1.0,
-              grad_norm=lambda t: 0.5 if t % 2 == 0 else 2.0, clip_frac=0.1, steps=N, prefix_lines=()):  # fmt: skip
+              grad_norm=lambda t: 0.5 if t % 2 == 0 else 2.0, clip_frac=0.1, steps=N, prefix_lines=(), lam=None):  # fmt: skip
     """A run folder like the trainer's: config.yaml (OmegaConf) + metrics.jsonl (eval at 0, 5 and N)."""
     folder.mkdir(parents=True)
     cfg = {
-        "algorithm": algo(name),
+        "algorithm": {**algo(name), **({} if lam is None else {"lam": lam})},
         "learner": {"lr": lr, "grad_clip": grad_clip},
         "trainer": {
             "seed": seed,
@@ -326,3 +326,48 @@ def test_one_pair_gives_a_difference_but_no_interval():
         [R(0, 0.6), R(1, 0.7), R(2, 0.6)], [R(0, 0.5), R(1, 0.5), R(2, 0.5)], "acc_final", 1000, 0, 0.03
     )
     assert out["ci95"] is not None
+
+
+def test_sweeps_are_found_tabulated_and_each_best_is_compared(tmp_path):
+    # GRPO at 3 lrs (best 3e-5); GRPO-λ at 2 lrs (best 1e-4) and, at lr 3e-5, 3 λs (best 0.9); a lone weight arm
+    shifts = {("grpo", 1e-5, 0.0): -0.1, ("grpo", 3e-5, 0.0): 0.0, ("grpo", 1e-4, 0.0): -0.05,
+              ("grpo_lambda", 3e-5, 0.99): 0.02, ("grpo_lambda", 1e-4, 0.99): 0.05,
+              ("grpo_lambda", 3e-5, 0.0): -0.01, ("grpo_lambda", 3e-5, 0.9): 0.03}  # fmt: skip
+    for (name, lr, lam), shift in shifts.items():
+        for s in (0, 1, 2):
+            write_run(tmp_path / f"{name}_{lr:g}_{lam}_{s}", name, s, lambda t, s=s, sh=shift: a_reward(s)(t) + sh,
+                      0.4 + shift + 0.01 * s, lr=lr, lam=lam, grad_norm=lambda t, lr=lr: lr * 1e5)  # fmt: skip
+    write_run(tmp_path / "weight_0", "grpo_lambda_weight", 0, a_reward(0), 0.4)
+    rep, _ = sr.build_report([tmp_path], args())
+    assert rep["baseline"]["label"] == "grpo (lr=3e-05)"
+    sweeps = {
+        (sw["field"], sw["name"], sw["fixed"].get("lam"), sw["fixed"].get("lr")): sw for sw in rep["sweeps"]
+    }
+    assert set(sweeps) == {("lr", "grpo", 0.0, None), ("lr", "grpo_lambda", 0.99, None),
+                           ("lam", "grpo_lambda", None, 3e-5)}  # fmt: skip
+    lr_grpo = sweeps["lr", "grpo", 0.0, None]
+    assert [p["value"] for p in lr_grpo["points"]] == [1e-5, 3e-5, 1e-4]  # sorted by value
+    assert lr_grpo["best"] == "grpo (lr=3e-05)"
+    lr_lam = sweeps["lr", "grpo_lambda", 0.99, None]
+    assert lr_lam["best"] == "grpo_lambda (lam=0.99, lr=0.0001)"
+    mean = statistics.fmean(a_reward(s)(t) for s in (0, 1, 2) for t in range(N - 4, N + 1))
+    assert lr_lam["points"][1]["stats"]["final_reward"]["mean"] == pytest.approx(mean + 0.05)
+    assert lr_lam["points"][1]["stats"]["grad_norm_median"]["mean"] == pytest.approx(10.0)
+    lam = sweeps["lam", "grpo_lambda", None, 3e-5]
+    assert [p["value"] for p in lam["points"]] == [0.0, 0.9, 0.99] and lam[
+        "best"
+    ] == "grpo_lambda (lam=0.9, lr=3e-05)"
+    md = sr.sweeps_markdown(rep)
+    assert "| 0.0001 **(best)** | grpo_lambda (lam=0.99, lr=0.0001) | 3 |" in md
+    assert "| 0.9 **(best)** | grpo_lambda (lam=0.9, lr=3e-05) | 3 |" in md
+    # GRPO-λ at its best lr against GRPO at its best: the comparison rows of that arm, +0.05 on held-out accuracy
+    line = next(x for x in md.splitlines() if x.startswith("- grpo_lambda (lam=0.99, lr=0.0001), held-out"))
+    assert "+0.0500" in line and "paired by seed, n = 3" in line
+    out = tmp_path / "report"
+    sr.write_outputs(rep, [], out)
+    assert (out / "sweeps.png").read_bytes().startswith(b"\x89PNG") and (out / "sweeps.md").read_text() == md
+    # a report without sweeps into the same folder leaves no stale sweep files
+    rep2, _ = sr.build_report([tmp_path / "weight_0"], args())
+    assert rep2["sweeps"] == []
+    sr.write_outputs(rep2, [], out)
+    assert not (out / "sweeps.png").exists() and not (out / "sweeps.md").exists()
