@@ -12,7 +12,8 @@ metrics.jsonl, summary.json, batches.jsonl) are copied to docs/results/study/<ru
 reads and what a later session finds done (run folders, with their checkpoints, stay out of git).
 
 Priority: the main arms seed by seed (seed 0 of every arm, then seed 1 ...), then the learning-rate sweep of GRPO and
-GRPO-λ, then the λ sweep of the best style.
+GRPO-λ, then the λ sweep of the best GRPO-λ arm of the main stage (``--lambda-arm auto``: the highest mean final
+training reward, study_report's rule for a best arm; it needs the main stage complete).
 """
 
 from __future__ import annotations
@@ -61,6 +62,25 @@ def run_name(arm: str, extra: dict[str, str], seed: int) -> str:
     return f"{arm}_lam{lam}_lr{lr}_s{seed}"
 
 
+def best_lambda_arm(results: Path = RESULTS) -> str:
+    """The GRPO-λ arm of the main stage with the highest mean final training reward (study_report.py's rule for a
+    best arm, over the complete main-stage runs in `results`). SystemExit while the main stage is incomplete."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import study_report
+
+    main = [(arm, seed) for stage, arm, _, seed in plan() if stage == "main"]
+    missing = [run_name(a, {}, s) for a, s in main if not is_complete(results / run_name(a, {}, s))]
+    if missing:
+        raise SystemExit(
+            f"study_sweep: the λ sweep's arm is the main stage's best, and {len(missing)} main-stage runs are not "
+            f"complete in {results} (first: {missing[0]}): run the main stage first or name one with --lambda-arm"
+        )
+    args = study_report.parse_args([str(results), "--bootstrap", "100"])
+    report, _ = study_report.build_report([results / run_name(a, {}, s) for a, s in main], args)
+    candidates = [a for a in report["arms"] if a["fields"]["name"] != "grpo"]
+    return max(candidates, key=lambda a: a["stats"]["final_reward"]["mean"])["fields"]["name"]
+
+
 def is_complete(folder: Path) -> bool:
     """A run folder (or its copy) whose metrics reach trainer.total_steps."""
     metrics, config = folder / "metrics.jsonl", folder / "config.yaml"
@@ -98,18 +118,23 @@ def main() -> None:
     p.add_argument("--stage", choices=("main", "lr", "lambda"), action="append", help="only these stages")
     p.add_argument("--max-runs", type=int, default=None, help="stop after launching this many runs")
     p.add_argument("--list", action="store_true", help="print the plan and what is done, then exit")
-    p.add_argument("--lambda-arm", default="grpo_lambda", help="the style the λ sweep uses (the best one)")
+    p.add_argument("--lambda-arm", default="auto",
+                   help="the arm the λ sweep uses (default auto: the main stage's best GRPO-λ arm)")  # fmt: skip
     p.add_argument(
         "extra", nargs="*", help="overrides added to every run (e.g. trainer.total_steps=2 for a try)"
     )
     args = p.parse_args()
 
     todo = []
+    lambda_arm = args.lambda_arm
     for stage, arm, extra, seed in plan():
         if args.stage and stage not in args.stage:
             continue
         if stage == "lambda":
-            arm = args.lambda_arm
+            if lambda_arm == "auto":
+                lambda_arm = best_lambda_arm()
+                print(f"[study] the λ sweep runs {lambda_arm}: the main stage's best GRPO-λ arm", flush=True)
+            arm = lambda_arm
         name = run_name(arm, extra, seed)
         done = is_complete(RESULTS / name) or keep_results(name)
         if args.list:
