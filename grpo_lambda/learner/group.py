@@ -28,7 +28,7 @@ from torch import Tensor
 from grpo_lambda.compat import actor_id_hex
 from grpo_lambda.config.schema import Config
 from grpo_lambda.distributed.actor_group import ActorGroup
-from grpo_lambda.distributed.placement import RolePlacement, RoleSpec, place_roles
+from grpo_lambda.distributed.placement import RolePlacement
 from grpo_lambda.distributed.rendezvous import Rendezvous, local_ranks
 
 from .batch import LearnerBatch, mini_batch_counts, pad_rows, shard_for_data_parallel, split_batch
@@ -60,8 +60,9 @@ def learner_runtime_env(extra_env: dict[str, str] | None = None) -> dict:
 
 
 class LearnerGroup:
-    """`cfg.learner.world_size` learner ranks (LearnerActor) on a placement group, created here (one GPU per rank
-    when the Ray cluster has GPUs) unless the trainer passes its `placement`."""
+    """`cfg.learner.world_size` learner ranks (LearnerActor) on a placement group: the trainer's `placement`, or one
+    made here as the trainer makes it (`launch.place`: one GPU per rank when the Ray cluster has GPUs, pinned by
+    `cluster.role_resources.learner`, waiting up to `cluster.placement_timeout_s`)."""
 
     def __init__(self, cfg: Config, model_path: str, *, placement: RolePlacement | None = None):
         import ray
@@ -69,12 +70,11 @@ class LearnerGroup:
         self.cfg = cfg
         self.world_size = world_size = cfg.learner.world_size
         self._own_placement = placement is None
-        if placement is None:
+        if placement is None:  # the trainer's placement for this role alone (cluster.role_resources included)
+            from grpo_lambda.launch import place
+
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-            role = RoleSpec(
-                "learner", world_size, cpus_per_actor=cfg.learner.num_cpus_per_rank, gpus_per_actor=gpus
-            )
-            placement = place_roles([role], colocate=False)["learner"]
+            placement = place(cfg, gpus, roles=("learner",))["learner"]
         if placement.num_actors != world_size:
             raise ValueError(
                 f"the placement has {placement.num_actors} bundles for learner world_size {world_size}"

@@ -263,6 +263,20 @@ def test_single_process_worker_without_ray(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_learner_group_on_its_own_placement_keeps_role_resources(ray_local, tiny_model_dir):
+    """A LearnerGroup made without the trainer's placement pins its ranks as the trainer would: a learner pinned
+    to a resource no node has fails at once, naming it (it used to be placed anywhere, the pin dropped)."""
+    from grpo_lambda.config import ClusterConfig
+    from grpo_lambda.distributed.placement import PlacementError
+    from grpo_lambda.learner.group import LearnerGroup
+
+    cfg = run_config(tiny_model_dir, "float32", AlgorithmConfig(), world_size=1)
+    cfg.cluster = ClusterConfig(role_resources={"learner": {"gpu_node_missing": 1.0}})
+    with pytest.raises(PlacementError, match="gpu_node_missing"):
+        LearnerGroup(cfg, str(tiny_model_dir))
+
+
+@pytest.mark.timeout(60)
 def test_actor_group_on_placement_groups(ray_local):
     import asyncio
 
