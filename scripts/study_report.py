@@ -49,7 +49,8 @@ baseline (the comparison rows of that arm).
 Writes into ``--out`` (default ``<first folder>/report``): curves.png, table.md, comparison.md (both printed),
 runs.jsonl (one line per run: the raw numbers behind the table) and report.json (everything); where there are
 sweeps also sweeps.md (printed) and sweeps.png.
-Only numpy, matplotlib (Agg) and the standard library (+ PyYAML, already a dependency) are used.
+The tables and figures are drawn by study_render.py (beside this file). Only numpy, matplotlib (Agg) and the
+standard library (+ PyYAML, already a dependency) are used.
 """
 
 from __future__ import annotations
@@ -66,6 +67,22 @@ from typing import Any
 
 import numpy as np
 import yaml
+
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent)
+)  # study_render beside this file, however it is loaded
+from study_render import (  # noqa: E402
+    COMPARED,
+    SWEEP_COLUMNS,
+    SWEPT,
+    TABLE_COLUMNS,
+    comparison_markdown,
+    fmt_value,
+    plot_curves,
+    plot_sweeps,
+    sweeps_markdown,
+    table_markdown,
+)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -90,22 +107,6 @@ BOOKKEEPING = (
 BOOKKEEPING_EXACT = ("learner.lr",)
 ALPHA, POWER = 0.05, 0.8
 Z_SUM = statistics.NormalDist().inv_cdf(1 - ALPHA / 2) + statistics.NormalDist().inv_cdf(POWER)  # 2.802
-# per-run numbers shown in the table: key -> (column title, digits)
-TABLE_COLUMNS = {
-    "final_reward": ("final reward (last L)", 3),
-    "auc_reward": ("reward AUC (mean/step)", 3),
-    "acc_start": ("held-out acc (start)", 3),
-    "acc_final": ("held-out acc (end)", 3),
-    "response_length": ("resp. length (last L)", 1),
-    "kl": ("KL (last L)", 4),
-    "clip_frac": ("clip frac", 4),
-    "grad_norm_median": ("grad norm (median)", 2),
-    "clipped_frac": ("clipped steps", 2),
-    "wall_time_min": ("wall time (min)", 1),
-}
-COMPARED = {"acc_final": "held-out accuracy (end)", "auc_reward": "reward AUC"}
-SWEPT = {"lr": "learner.lr", "lam": "algorithm.lam"}  # label fields a sweep varies, the others held fixed
-SWEEP_COLUMNS = ("final_reward", "auc_reward", "acc_final", "grad_norm_median", "clipped_frac")
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -195,14 +196,6 @@ def arm_key(cfg: dict[str, Any]) -> tuple:
     return (cfg_get(cfg, "algorithm.name"),) + tuple(cfg_get(cfg, f) for f in LABEL_FIELDS.values())
 
 
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
 def arm_labels(keys: list[tuple]) -> dict[tuple, str]:
     """Label per arm key: the algorithm name, plus ``(field=value, ...)`` for the fields that differ among the arms
     sharing that name."""
@@ -211,7 +204,7 @@ def arm_labels(keys: list[tuple]) -> dict[tuple, str]:
     for key in keys:
         same_name = [k for k in keys if k[0] == key[0]]
         differing = [i for i in range(len(names)) if len({k[i + 1] for k in same_name}) > 1]
-        extra = ", ".join(f"{names[i]}={_fmt_value(key[i + 1])}" for i in differing)
+        extra = ", ".join(f"{names[i]}={fmt_value(key[i + 1])}" for i in differing)
         labels[key] = f"{key[0]} ({extra})" if extra else str(key[0])
     return labels
 
@@ -401,228 +394,6 @@ def compare(
     return out
 
 
-# --------------------------------------------------------------------------------------------- output
-def fmt_stat(stat: dict[str, Any], digits: int) -> str:
-    if stat["mean"] is None:
-        return "—"
-    text = f"{stat['mean']:.{digits}f}"
-    return text + (f" ± {stat['se']:.{digits}f}" if stat["se"] is not None else "")
-
-
-def _fmt(x: float | None, digits: int = 3, signed: bool = False) -> str:
-    if x is None:
-        return "—"
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
-
-
-def _fmt_n(n: float | None, sd: float | None) -> str:
-    """Seeds needed, rounded up; "—" when the sd is unknown (< 2 seeds), "∞" when the observed difference is 0."""
-    if sd is None:
-        return "—"
-    return "∞" if n is None else str(math.ceil(n - 1e-9))
-
-
-def table_markdown(report: dict[str, Any]) -> str:
-    """The per-arm table (mean ± s.e. over seeds), then the incomplete and skipped runs and the config notes."""
-    last = report["settings"]["last"]
-    titles = [t.replace("last L", f"last {last}") for t, _ in TABLE_COLUMNS.values()]
-    base = report["baseline"]
-    reach_title = (
-        f"steps to {base['label']} final reward ({_fmt(base['target_reward'])})"
-        if base
-        else "steps to baseline"
-    )
-    head = ["arm", "n seeds", *titles[:2], reach_title, *titles[2:]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arm in report["arms"]:
-        cells = [fmt_stat(arm["stats"][k], d) for k, (_, d) in TABLE_COLUMNS.items()]
-        reach = arm["steps_to_baseline_final"]
-        reach_text = "—" if not base else "not reached" if reach is None else str(reach)
-        lines.append(
-            "| " + " | ".join([arm["label"], str(arm["n"]), *cells[:2], reach_text, *cells[2:]]) + " |"
-        )
-    lines.append("")
-    lines.append(
-        f"Mean ± standard error over seeds. Held-out accuracy: `eval/{report['settings']['eval_set']}/avg@1` "
-        f"(greedy) at the first and last evaluation. Clipped steps: fraction of steps with "
-        f"learner/grad_norm > learner.grad_clip. KL: learner/kl (— where not logged: kl_coef = 0)."
-    )
-    if report["baseline_note"]:
-        lines.append(f"Baseline: {report['baseline_note']}")
-    if report["incomplete"]:
-        lines += ["", "Incomplete runs (left out):"]
-        for r in report["incomplete"]:
-            lines.append(
-                f"- `{r['run_dir']}` — {r['arm']}, seed {r['seed']}: {r['steps']}/{r['total_steps']} steps"
-            )
-    if report["skipped"]:
-        lines += ["", "Skipped run folders:"]
-        lines += [f"- `{r['run_dir']}`: {r['reason']}" for r in report["skipped"]]
-    if report["config_differences"]:
-        lines += ["", "Config fields that differ between runs besides the seed, algorithm.* and learner.lr:"]
-        lines += [f"- `{k}`: {', '.join(v)}" for k, v in report["config_differences"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def comparison_markdown(report: dict[str, Any]) -> str:
-    """The comparisons with the baseline: plain numbers, one row per arm and metric."""
-    base = report["baseline"]
-    if not base:
-        return f"No baseline arm ({report['baseline_note']}): no comparison.\n"
-    s = report["settings"]
-    delta = s["delta"]
-    head = ["arm", "metric", "pairing", "n", "arm mean", "baseline mean", "difference", "95% CI",
-            "CI excludes 0", "sd of difference", "seeds for observed diff", f"seeds for {delta:+g}"]  # fmt: skip
-    lines = [
-        f"Each arm minus the baseline **{base['label']}**; paired rows compare the seeds both arms ran (n pairs; "
-        f"the means are over those seeds), unpaired rows all seeds of each arm (sd of difference = "
-        f"sqrt(sd_arm² + sd_baseline²)). 95% CI: percentile bootstrap, {s['bootstrap']} resamples, seed {s['seed']}, "
-        f"only from {MIN_SEEDS_FOR_CI} or more seeds (fewer: —).",
-        f"Seeds needed (per arm) to detect δ with 80 % power, two-sided α = 0.05: n = ((z_0.975 + z_0.8) · sd / δ)², "
-        f"z_0.975 + z_0.8 = {Z_SUM:.3f}, rounded up; the normal approximation understates n when n is small.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for c in report["comparisons"]:
-        ci = "—" if c["ci95"] is None else f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
-        excl = "—" if c["ci_excludes_0"] is None else ("yes" if c["ci_excludes_0"] else "no")
-        n = str(c["n_arm"]) if c["pairing"].startswith("paired") else f"{c['n_arm']} vs {c['n_baseline']}"
-        row = [c["arm"], COMPARED[c["metric"]], c["pairing"], n, _fmt(c["mean_arm"], 4), _fmt(c["mean_baseline"], 4),
-               _fmt(c["diff"], 4, signed=True), ci, excl, _fmt(c["sd_diff"], 4),
-               _fmt_n(c["n_needed_observed"], c["sd_diff"]), _fmt_n(c["n_needed_delta"], c["sd_diff"])]  # fmt: skip
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def sweeps_markdown(report: dict[str, Any]) -> str:
-    """One table per sweep (value -> the arm's numbers, the best marked), then each swept algorithm at its best
-    against the baseline, from the comparison rows."""
-    if not report["sweeps"]:
-        return "No sweeps (no arms of one algorithm that differ in only lr or lam).\n"
-    last = report["settings"]["last"]
-    titles = [TABLE_COLUMNS[k][0].replace("last L", f"last {last}") for k in SWEEP_COLUMNS]
-    lines = []
-    for sw in report["sweeps"]:
-        fixed = ", ".join(f"{k}={_fmt_value(v)}" for k, v in sw["fixed"].items())
-        head = [sw["field"], "arm", "n seeds", *titles]
-        lines += [f"**{SWEPT[sw['field']]} sweep of {sw['name']}** ({fixed})", "",
-                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
-        for pt in sw["points"]:
-            cells = [fmt_stat(pt["stats"][k], TABLE_COLUMNS[k][1]) for k in SWEEP_COLUMNS]
-            mark = " **(best)**" if pt["label"] == sw["best"] else ""
-            lines.append(
-                f"| {_fmt_value(pt['value'])}{mark} | {pt['label']} | {pt['n']} | " + " | ".join(cells) + " |"
-            )
-        lines.append("")
-    lines.append(
-        "Best = the highest mean final training reward (last L steps), the rule the baseline is chosen by. It is "
-        "chosen on the same seeds it is then judged on, which flatters every swept arm's best a little (on both sides "
-        "of a comparison of bests)."
-    )
-    base = report["baseline"]
-    bests = [sw for sw in report["sweeps"] if sw["field"] == "lr" and base and sw["best"] != base["label"]]
-    if bests:
-        lines += ["", f"Each algorithm at its best learning rate minus the baseline **{base['label']}**:"]
-        for sw in bests:
-            for c in report["comparisons"]:
-                if c["arm"] == sw["best"]:
-                    ci = "no interval" if c["ci95"] is None else f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
-                    lines.append(f"- {sw['best']}, {COMPARED[c['metric']]}: {_fmt(c['diff'], 4, signed=True)} "
-                                 f"95% CI {ci} ({c['pairing']}, n = {c['n_arm']})")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def plot_sweeps(report: dict[str, Any], path: Path) -> None:
-    """sweeps.png: per swept field (a row) final training reward, held-out accuracy and median grad norm against the
-    swept value, one line per sweep (mean ± s.e. bars); lr on a log axis, λ evenly spaced (0, 0.9, 0.99, 1 would
-    crowd on a linear one); the baseline as a dashed line where it is not one of the row's points."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fields = [f for f in SWEPT if any(sw["field"] == f for sw in report["sweeps"])]
-    metrics = [("final_reward", "final training reward"), ("acc_final", "held-out greedy accuracy (end)"),
-               ("grad_norm_median", "grad norm (median)")]  # fmt: skip
-    fig = Figure(figsize=(14, 4.2 * len(fields)), dpi=110)
-    FigureCanvasAgg(fig)
-    axes = np.atleast_2d(fig.subplots(len(fields), len(metrics), squeeze=False))
-    base = report["baseline"]
-    base_arm = next((a for a in report["arms"] if base and a["label"] == base["label"]), None)
-    for row, fld in zip(axes, fields):
-        sweeps = [sw for sw in report["sweeps"] if sw["field"] == fld]
-        values = sorted({pt["value"] for sw in sweeps for pt in sw["points"]})
-        for ax, (key, title) in zip(row, metrics):
-            for i, sw in enumerate(sweeps):
-                xs = [pt["value"] if fld == "lr" else values.index(pt["value"]) for pt in sw["points"]]
-                ys = [pt["stats"][key]["mean"] for pt in sw["points"]]
-                err = [pt["stats"][key]["se"] or 0.0 for pt in sw["points"]]
-                if all(y is not None for y in ys):
-                    fixed = ", ".join(f"{k}={_fmt_value(v)}" for k, v in sw["fixed"].items() if k in SWEPT)
-                    ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=3, color=f"C{i % 10}",
-                                label=f"{sw['name']} ({fixed})")  # fmt: skip
-            in_row = (
-                any(pt["label"] == base["label"] for sw in sweeps for pt in sw["points"]) if base else True
-            )
-            if base_arm is not None and not in_row and base_arm["stats"][key]["mean"] is not None:
-                m, e = base_arm["stats"][key]["mean"], base_arm["stats"][key]["se"] or 0.0
-                ax.axhline(m, color="k", ls="--", lw=1, label=f"{base['label']} (baseline)")
-                ax.axhspan(m - e, m + e, color="k", alpha=0.08, lw=0)
-            if fld == "lr":
-                ax.set_xscale("log")
-            else:
-                ax.set_xticks(range(len(values)), [_fmt_value(v) for v in values])
-            if key == "grad_norm_median":
-                ax.set_yscale("log")  # GRPO's ~2 and GRPO-λ's ~30 on one axis
-            ax.set_xlabel(SWEPT[fld])
-            ax.set_title(title)
-            ax.grid(alpha=0.3)
-        row[0].legend(fontsize=8, loc="best")
-    fig.suptitle("sweeps: mean over seeds ± standard error")
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def plot_curves(report: dict[str, Any], path: Path) -> None:
-    """curves.png: reward/mean and held-out greedy accuracy against step, per arm mean ± s.e. band."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(13, 5), dpi=110)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
-    panels = [
-        ("reward", "reward/mean (training)"),
-        ("eval", f"held-out greedy accuracy ({report['settings']['eval_set']})"),
-    ]
-    for ax, (curve_key, title) in zip(axes, panels):
-        for i, arm in enumerate(report["arms"]):
-            c = arm["curves"][curve_key]
-            if not c["step"]:
-                continue
-            mean = np.array(c["mean"], dtype=float)
-            se = np.array([0.0 if v is None else v for v in c["se"]])
-            color = f"C{i % 10}"
-            style = "-" if i < 10 else "--"
-            marker = "o" if curve_key == "eval" else None
-            ax.plot(
-                c["step"],
-                mean,
-                style,
-                color=color,
-                marker=marker,
-                ms=3,
-                label=f"{arm['label']} (n={arm['n']})",
-            )
-            ax.fill_between(c["step"], mean - se, mean + se, color=color, alpha=0.2, lw=0)
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle("mean over seeds ± standard error")
-    fig.tight_layout()
-    fig.savefig(path)
-
-
 def _json_safe(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
@@ -762,6 +533,8 @@ def build_report(folders: list[Path], args: argparse.Namespace) -> tuple[dict[st
             "delta": args.delta,
             "alpha": ALPHA,
             "power": POWER,
+            "z_sum": Z_SUM,
+            "min_seeds_for_ci": MIN_SEEDS_FOR_CI,
         },
         "baseline": baseline,
         "baseline_note": note,
