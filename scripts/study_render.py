@@ -27,6 +27,7 @@ TABLE_COLUMNS = {
 }
 COMPARED = {"acc_final": "held-out accuracy (end)", "auc_reward": "reward AUC"}
 SWEPT = {"lr": "learner.lr", "lam": "algorithm.lam"}  # label fields a sweep varies, the others held fixed
+EQUAL_VALUE_METRICS = ("final_reward", "acc_final")  # swept arm - baseline algorithm at the same swept value
 SWEEP_COLUMNS = ("final_reward", "auc_reward", "acc_final", "grad_norm_median", "clipped_frac")
 
 
@@ -166,7 +167,32 @@ def sweeps_markdown(report: dict[str, Any]) -> str:
                     ci = "no interval" if c["ci95"] is None else f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
                     lines.append(f"- {sw['best']}, {COMPARED[c['metric']]}: {_fmt(c['diff'], 4, signed=True)} "
                                  f"95% CI {ci} ({c['pairing']}, n = {c['n_arm']})")  # fmt: skip
+    lines += equal_value_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+def equal_value_markdown(report: dict[str, Any]) -> list[str]:
+    """The swept algorithms against the baseline's algorithm at each common value: one table per field."""
+    rows = report.get("equal_value_comparisons") or []
+    last = report["settings"]["last"]
+    lines = []
+    for fld in dict.fromkeys(r["field"] for r in rows):
+        titles = [TABLE_COLUMNS[m][0].replace("last L", f"last {last}") for m in EQUAL_VALUE_METRICS]
+        head = [fld, "arm", "minus", *(f"Δ {t} [95% CI]" for t in titles), "pairs"]
+        lines += ["", f"At equal {SWEPT[fld]}, each swept algorithm minus the baseline's (paired by seed):", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+        cells: dict[tuple, dict[str, Any]] = {}
+        for r in (r for r in rows if r["field"] == fld):
+            cells.setdefault((r["value"], r["arm"], r["baseline"]), {})[r["metric"]] = r
+        for (value, arm, base), by_metric in cells.items():
+            diffs = []
+            for m in EQUAL_VALUE_METRICS:
+                c = by_metric.get(m)
+                ci = "" if c is None or c["ci95"] is None else f" [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
+                diffs.append("—" if c is None else _fmt(c["diff"], 3, signed=True) + ci)
+            n = max(c["n_arm"] for c in by_metric.values())
+            lines.append(f"| {fmt_value(value)} | {arm} | {base} | " + " | ".join(diffs) + f" | {n} |")
+    return lines
 
 
 def plot_sweeps(report: dict[str, Any], path: Path) -> None:

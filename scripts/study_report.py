@@ -43,8 +43,9 @@ for δ = the observed difference and δ = ``--delta`` (default 0.03: the paper's
 
 Sweeps: arms of one algorithm.name that differ only in lr or only in lam form a sweep; per sweep a table of the
 swept value against final_reward, auc_reward, acc_final, grad_norm_median and clipped_frac, its best value (the
-highest mean final_reward, the baseline's rule) marked, and each algorithm at its best lr compared with the
-baseline (the comparison rows of that arm).
+highest mean final_reward, the baseline's rule) marked, each algorithm at its best lr compared with the
+baseline (the comparison rows of that arm), and each swept algorithm minus the baseline's algorithm at every value
+both were run at (final_reward and acc_final, paired by seed, the same bootstrap): GRPO-λ − GRPO at each lr.
 
 Writes into ``--out`` (default ``<first folder>/report``): curves.png, table.md, comparison.md (both printed),
 runs.jsonl (one line per run: the raw numbers behind the table) and report.json (everything); where there are
@@ -73,6 +74,7 @@ sys.path.insert(
 )  # study_render beside this file, however it is loaded
 from study_render import (  # noqa: E402
     COMPARED,
+    EQUAL_VALUE_METRICS,
     SWEEP_COLUMNS,
     SWEPT,
     TABLE_COLUMNS,
@@ -460,6 +462,29 @@ def find_sweeps(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sweeps
 
 
+def equal_value_comparisons(
+    sweeps: list[dict[str, Any]], arms: dict[str, list[Run]], base_name: str, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Each swept algorithm minus the baseline's algorithm swept over the same field, at every value both have
+    (GRPO-λ − GRPO at each lr), on EQUAL_VALUE_METRICS, paired by seed as `compare` pairs. If one algorithm only
+    looked better at the other's step size, the difference would change sign along the sweep."""
+    rows = []
+    for base in (s for s in sweeps if s["name"] == base_name):
+        base_at = {p["value"]: p["label"] for p in base["points"]}
+        for sw in sweeps:
+            if sw["field"] != base["field"] or sw["name"] == base_name:
+                continue
+            for p in sw["points"]:
+                if p["value"] not in base_at:
+                    continue
+                for metric in EQUAL_VALUE_METRICS:
+                    c = compare(arms[p["label"]], arms[base_at[p["value"]]], metric, args.bootstrap, args.seed,
+                                args.delta)  # fmt: skip
+                    rows.append({"field": sw["field"], "value": p["value"], "arm": p["label"],
+                                 "baseline": base_at[p["value"]], **c})  # fmt: skip
+    return rows
+
+
 def build_report(folders: list[Path], args: argparse.Namespace) -> tuple[dict[str, Any], list[Run]]:
     """Load every run, group arms, compute all numbers; returns the report dict and the complete runs."""
     runs, skipped = [], []
@@ -522,6 +547,12 @@ def build_report(folders: list[Path], args: argparse.Namespace) -> tuple[dict[st
                 c = compare(rs, arms[base_label], metric, args.bootstrap, args.seed, args.delta)
                 comparisons.append({"arm": label, "baseline": base_label, **c})
 
+    sweeps = find_sweeps(arm_out)
+    equal_value = []
+    if baseline:
+        base_name = next(a["fields"]["name"] for a in arm_out if a["label"] == base_label)
+        equal_value = equal_value_comparisons(sweeps, arms, base_name, args)
+
     report = {
         "settings": {
             "folders": [str(f) for f in folders],
@@ -540,7 +571,8 @@ def build_report(folders: list[Path], args: argparse.Namespace) -> tuple[dict[st
         "baseline_note": note,
         "arms": arm_out,
         "comparisons": comparisons,
-        "sweeps": find_sweeps(arm_out),
+        "sweeps": sweeps,
+        "equal_value_comparisons": equal_value,
         "incomplete": incomplete,
         "skipped": skipped,
         "config_differences": varying_fields(complete),

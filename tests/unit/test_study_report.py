@@ -328,7 +328,7 @@ def test_one_pair_gives_a_difference_but_no_interval():
     assert out["ci95"] is not None
 
 
-def test_sweeps_are_found_tabulated_and_each_best_is_compared(tmp_path):
+def test_sweeps_are_found_tabulated_and_compared_at_each_best_and_at_equal_values(tmp_path):
     # GRPO at 3 lrs (best 3e-5); GRPO-λ at 2 lrs (best 1e-4) and, at lr 3e-5, 3 λs (best 0.9); a lone weight arm
     shifts = {("grpo", 1e-5, 0.0): -0.1, ("grpo", 3e-5, 0.0): 0.0, ("grpo", 1e-4, 0.0): -0.05,
               ("grpo_lambda", 3e-5, 0.99): 0.02, ("grpo_lambda", 1e-4, 0.99): 0.05,
@@ -363,6 +363,15 @@ def test_sweeps_are_found_tabulated_and_each_best_is_compared(tmp_path):
     # GRPO-λ at its best lr against GRPO at its best: the comparison rows of that arm, +0.05 on held-out accuracy
     line = next(x for x in md.splitlines() if x.startswith("- grpo_lambda (lam=0.99, lr=0.0001), held-out"))
     assert "+0.0500" in line and "paired by seed, n = 3" in line
+    # GRPO-λ minus GRPO at each lr both ran: +0.02 at 3e-5, +0.10 at 1e-4 (reward and accuracy shifted alike)
+    equal = {(r["value"], r["metric"]): r for r in rep["equal_value_comparisons"]}
+    assert set(equal) == {(v, m) for v in (3e-5, 1e-4) for m in ("final_reward", "acc_final")}
+    for (value, metric), want in {(3e-5, "acc_final"): 0.02, (1e-4, "acc_final"): 0.10,
+                                  (1e-4, "final_reward"): 0.10}.items():  # fmt: skip
+        row = equal[value, metric]
+        assert row["diff"] == pytest.approx(want) and row["pairing"] == "paired by seed" and row["n_arm"] == 3
+    assert equal[1e-4, "final_reward"]["baseline"] == "grpo (lr=0.0001)"
+    assert "| 0.0001 | grpo_lambda (lam=0.99, lr=0.0001) | grpo (lr=0.0001) | +0.100 [" in md
     out = tmp_path / "report"
     sr.write_outputs(rep, [], out)
     assert (out / "sweeps.png").read_bytes().startswith(b"\x89PNG") and (out / "sweeps.md").read_text() == md
