@@ -244,20 +244,49 @@ def plot_sweeps(report: dict[str, Any], path: Path) -> None:
     fig.savefig(path)
 
 
+def plot_sweep_curves(report: dict[str, Any], path: Path) -> None:
+    """sweep_curves.png: a row per sweep, reward/mean and held-out accuracy against step, a line per swept value."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sweeps = report["sweeps"]
+    fig = Figure(figsize=(13, 4.2 * len(sweeps)), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = np.atleast_2d(fig.subplots(len(sweeps), 2, squeeze=False))
+    by_label = {a["label"]: a for a in report["arms"]}
+    for row, sw in zip(axes, sweeps):
+        arms = [by_label[pt["label"]] for pt in sw["points"]]
+        names = [f"{sw['field']}={fmt_value(pt['value'])}" for pt in sw["points"]]
+        fixed = ", ".join(f"{k}={fmt_value(v)}" for k, v in sw["fixed"].items() if k in SWEPT)
+        _draw_curves(row, arms, names, report["settings"]["eval_set"], f"{sw['name']} ({fixed}): ")
+    fig.suptitle("sweeps, per step: mean over seeds ± standard error")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def plot_curves(report: dict[str, Any], path: Path) -> None:
-    """curves.png: reward/mean and held-out greedy accuracy against step, per arm mean ± s.e. band."""
+    """curves.png: reward/mean and held-out greedy accuracy against step, per arm mean ± s.e. band; the arms of
+    report["curve_arms"] (each swept algorithm at its main setting) where the report has them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(13, 5), dpi=110)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
-    panels = [
-        ("reward", "reward/mean (training)"),
-        ("eval", f"held-out greedy accuracy ({report['settings']['eval_set']})"),
-    ]
+    shown = report.get("curve_arms")
+    arms = [a for a in report["arms"] if shown is None or a["label"] in shown]
+    _draw_curves(fig.subplots(1, 2), arms, [a["label"] for a in arms], report["settings"]["eval_set"])
+    hidden = len(report["arms"]) - len(arms)
+    note = f" ({hidden} sweep arms: sweep_curves.png)" if hidden else ""
+    fig.suptitle("mean over seeds ± standard error" + note)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _draw_curves(axes, arms: list[dict[str, Any]], names: list[str], eval_set: str, prefix: str = "") -> None:
+    """Two panels: reward/mean (training) and held-out greedy accuracy against step, a line + s.e. band per arm."""
+    panels = [("reward", "reward/mean (training)"), ("eval", f"held-out greedy accuracy ({eval_set})")]
     for ax, (curve_key, title) in zip(axes, panels):
-        for i, arm in enumerate(report["arms"]):
+        for i, (arm, name) in enumerate(zip(arms, names)):
             c = arm["curves"][curve_key]
             if not c["step"]:
                 continue
@@ -273,13 +302,10 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
                 color=color,
                 marker=marker,
                 ms=3,
-                label=f"{arm['label']} (n={arm['n']})",
+                label=f"{name} (n={arm['n']})",
             )
             ax.fill_between(c["step"], mean - se, mean + se, color=color, alpha=0.2, lw=0)
         ax.set_xlabel("step")
-        ax.set_title(title)
+        ax.set_title(prefix + title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle("mean over seeds ± standard error")
-    fig.tight_layout()
-    fig.savefig(path)

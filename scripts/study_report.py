@@ -49,7 +49,9 @@ both were run at (final_reward and acc_final, paired by seed, the same bootstrap
 
 Writes into ``--out`` (default ``<first folder>/report``): curves.png, table.md, comparison.md (both printed),
 runs.jsonl (one line per run: the raw numbers behind the table) and report.json (everything); where there are
-sweeps also sweeps.md (printed) and sweeps.png.
+sweeps also sweeps.md (printed), sweeps.png and sweep_curves.png (every point's curves, a row per sweep), and
+curves.png then draws each swept algorithm at its main setting only (the swept value with the most seeds; ties:
+the best), so that it stays readable; the table has every arm.
 The tables and figures are drawn by study_render.py (beside this file). Only numpy, matplotlib (Agg) and the
 standard library (+ PyYAML, already a dependency) are used.
 """
@@ -81,6 +83,7 @@ from study_render import (  # noqa: E402
     comparison_markdown,
     fmt_value,
     plot_curves,
+    plot_sweep_curves,
     plot_sweeps,
     sweeps_markdown,
     table_markdown,
@@ -458,8 +461,16 @@ def find_sweeps(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "points": [{"value": a["fields"][fld], "label": a["label"], "n": a["n"],
                             "stats": {k: a["stats"][k] for k in SWEEP_COLUMNS}} for a in members],
                 "best": max(members, key=_final_reward)["label"],
+                "main": max(members, key=lambda a: (a["n"], _final_reward(a)))["label"],
             })  # fmt: skip
     return sweeps
+
+
+def curve_arms(arms: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> list[str]:
+    """The arms curves.png draws: every arm but a sweep's side points, i.e. each swept algorithm at its main
+    setting (the value with the most seeds; ties: the best). Every point's curves: sweep_curves.png."""
+    side = {pt["label"] for sw in sweeps for pt in sw["points"] if pt["label"] != sw["main"]}
+    return [a["label"] for a in arms if a["label"] not in side]
 
 
 def equal_value_comparisons(
@@ -572,6 +583,7 @@ def build_report(folders: list[Path], args: argparse.Namespace) -> tuple[dict[st
         "arms": arm_out,
         "comparisons": comparisons,
         "sweeps": sweeps,
+        "curve_arms": curve_arms(arm_out, sweeps),
         "equal_value_comparisons": equal_value,
         "incomplete": incomplete,
         "skipped": skipped,
@@ -599,8 +611,9 @@ def write_outputs(report: dict[str, Any], runs: list[Run], out: Path) -> tuple[s
     if report["sweeps"]:
         (out / "sweeps.md").write_text(sweeps_markdown(report), encoding="utf-8")
         plot_sweeps(report, out / "sweeps.png")
+        plot_sweep_curves(report, out / "sweep_curves.png")
     else:  # none left from an earlier report into this folder
-        for name in ("sweeps.md", "sweeps.png"):
+        for name in ("sweeps.md", "sweeps.png", "sweep_curves.png"):
             (out / name).unlink(missing_ok=True)
     return table, comparison
 
@@ -647,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     print(comparison)
     if report["sweeps"]:
         print(sweeps_markdown(report))
-    extra = ", sweeps.md, sweeps.png" if report["sweeps"] else ""
+    extra = ", sweeps.md, sweeps.png, sweep_curves.png" if report["sweeps"] else ""
     print(f"wrote {out}/curves.png, table.md, comparison.md, runs.jsonl, report.json{extra}")
     return 0
 

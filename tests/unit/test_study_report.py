@@ -372,11 +372,35 @@ def test_sweeps_are_found_tabulated_and_compared_at_each_best_and_at_equal_value
         assert row["diff"] == pytest.approx(want) and row["pairing"] == "paired by seed" and row["n_arm"] == 3
     assert equal[1e-4, "final_reward"]["baseline"] == "grpo (lr=0.0001)"
     assert "| 0.0001 | grpo_lambda (lam=0.99, lr=0.0001) | grpo (lr=0.0001) | +0.100 [" in md
+    # curves.png: each swept algorithm at its main setting (all points have 3 seeds here: the best one)
+    assert rep["curve_arms"] == ["grpo (lr=3e-05)", "grpo_lambda (lam=0.99, lr=0.0001)",
+                                 "grpo_lambda (lam=0.9, lr=3e-05)", "grpo_lambda_weight"]  # fmt: skip
     out = tmp_path / "report"
     sr.write_outputs(rep, [], out)
     assert (out / "sweeps.png").read_bytes().startswith(b"\x89PNG") and (out / "sweeps.md").read_text() == md
+    assert (out / "sweep_curves.png").read_bytes().startswith(b"\x89PNG")
     # a report without sweeps into the same folder leaves no stale sweep files
     rep2, _ = sr.build_report([tmp_path / "weight_0"], args())
     assert rep2["sweeps"] == []
     sr.write_outputs(rep2, [], out)
     assert not (out / "sweeps.png").exists() and not (out / "sweeps.md").exists()
+    assert not (out / "sweep_curves.png").exists()
+
+
+def test_a_sweeps_main_setting_is_the_value_with_most_seeds_then_the_best():
+    """A sweep's side points stay out of curves.png: the main setting is the value run with the most seeds (the
+    study's main stage), not a better-looking value with fewer seeds; among equals, the best."""
+
+    def arm(lam, n, reward):
+        fields = {"name": "h", "trace_style": "both", "trace_anchor": "horizon", "policy_loss": "trace",
+                  "eligibility_grad": True, "lam": lam, "lr": 3e-5}  # fmt: skip
+        stats = {k: {"mean": reward if k == "final_reward" else 0.0, "se": None} for k in sr.SWEEP_COLUMNS}
+        return {"label": f"h (lam={lam})", "fields": fields, "n": n, "stats": stats}
+
+    arms = [arm(0.0, 1, 0.6), arm(0.9, 1, 0.5), arm(0.99, 3, 0.4), {**arm(0.5, 1, 0.9), "label": "other"}]
+    arms[3]["fields"] = {**arms[3]["fields"], "name": "other"}
+    sweeps = sr.find_sweeps(arms)
+    assert [(sw["best"], sw["main"]) for sw in sweeps] == [("h (lam=0.0)", "h (lam=0.99)")]
+    assert sr.curve_arms(arms, sweeps) == ["h (lam=0.99)", "other"]
+    arms[2]["n"] = 1  # now all alike: the best
+    assert sr.curve_arms(arms, sr.find_sweeps(arms)) == ["h (lam=0.0)", "other"]
