@@ -173,7 +173,7 @@ def sweeps_markdown(report: dict[str, Any]) -> str:
 
 def equal_value_markdown(report: dict[str, Any]) -> list[str]:
     """The swept algorithms against the baseline's algorithm at each common value: one table per field."""
-    rows = report.get("equal_value_comparisons") or []
+    rows = report["equal_value_comparisons"]
     last = report["settings"]["last"]
     lines = []
     for fld in dict.fromkeys(r["field"] for r in rows):
@@ -266,14 +266,13 @@ def plot_sweep_curves(report: dict[str, Any], path: Path) -> None:
 
 def plot_curves(report: dict[str, Any], path: Path) -> None:
     """curves.png: reward/mean and held-out greedy accuracy against step, per arm mean ± s.e. band; the arms of
-    report["curve_arms"] (each swept algorithm at its main setting) where the report has them."""
+    report["curve_arms"] (each swept algorithm at its main setting)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(13, 5), dpi=110)
     FigureCanvasAgg(fig)
-    shown = report.get("curve_arms")
-    arms = [a for a in report["arms"] if shown is None or a["label"] in shown]
+    arms = [a for a in report["arms"] if a["label"] in report["curve_arms"]]
     _draw_curves(fig.subplots(1, 2), arms, [a["label"] for a in arms], report["settings"]["eval_set"])
     hidden = len(report["arms"]) - len(arms)
     note = f" ({hidden} sweep arms: sweep_curves.png)" if hidden else ""
