@@ -6,7 +6,6 @@ every number means); numpy and matplotlib (Agg) only.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +48,23 @@ def fmt_stat(stat: dict[str, Any], digits: int) -> str:
 def _fmt(x: float | None, digits: int = 3, signed: bool = False) -> str:
     if x is None:
         return "—"
+    x = 0.0 if abs(x) < 0.5 * 10**-digits else x  # no "-0.000" from a float residue
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
-def _fmt_n(n: float | None, sd: float | None) -> str:
-    """Seeds needed, rounded up; "—" when the sd is unknown (< 2 seeds), "∞" when the observed difference is 0."""
+def _fmt_n(n: int | None, sd: float | None) -> str:
+    """Seeds needed; "—" when the sd is unknown (< 2 seeds), "∞" when the observed difference is 0."""
     if sd is None:
         return "—"
-    return "∞" if n is None else str(math.ceil(n - 1e-9))
+    return "∞" if n is None else str(n)
+
+
+def _fmt_p(p: float | None) -> str:
+    return "—" if p is None else f"{p:.3g}"  # 0.0625, 0.25, 1
+
+
+def _fmt_ci(ci: list[float] | None, digits: int = 4) -> str:
+    return "—" if ci is None else f"[{_fmt(ci[0], digits, True)}, {_fmt(ci[1], digits, True)}]"
 
 
 def table_markdown(report: dict[str, Any]) -> str:
@@ -102,34 +110,68 @@ def table_markdown(report: dict[str, Any]) -> str:
 
 
 def comparison_markdown(report: dict[str, Any]) -> str:
-    """The comparisons with the baseline: plain numbers, one row per arm and metric."""
+    """The comparisons with the baseline: plain numbers, one row per arm and metric; then the post-hoc rows."""
     base = report["baseline"]
     if not base:
         return f"No baseline arm ({report['baseline_note']}): no comparison.\n"
     s = report["settings"]
     delta = s["delta"]
-    head = ["arm", "metric", "pairing", "n", "arm mean", "baseline mean", "difference", "95% CI",
-            "CI excludes 0", "sd of difference", "seeds for observed diff", f"seeds for {delta:+g}"]  # fmt: skip
+    head = ["arm", "metric", "pairing", "n", "arm mean", "baseline mean", "difference", "95% t-interval",
+            "sign-flip p", f"Holm p (m = {s['holm_m']})", "sd of difference", "seeds for observed diff",
+            f"seeds for {delta:+g}"]  # fmt: skip
     lines = [
-        f"Each arm minus the baseline **{base['label']}**; paired rows compare the seeds both arms ran (n pairs; "
-        f"the means are over those seeds), unpaired rows all seeds of each arm (sd of difference = "
-        f"sqrt(sd_arm² + sd_baseline²)). 95% CI: percentile bootstrap, {s['bootstrap']} resamples, seed {s['seed']}, "
-        f"only from {s['min_seeds_for_ci']} or more seeds (fewer: —).",
-        f"Seeds needed (per arm) to detect δ with 80 % power, two-sided α = 0.05: n = ((z_0.975 + z_0.8) · sd / δ)², "
-        f"z_0.975 + z_0.8 = {s['z_sum']:.3f}, rounded up; the normal approximation understates n when n is small.",
+        f"Each arm minus the baseline **{base['label']}**; n = the pairs (seeds both arms ran; the means are over "
+        f"those seeds); unpaired rows (no common seed) compare all seeds of each arm (n = arm vs baseline, Welch "
+        f"t-interval, exact permutation p, sd of difference = sqrt(sd_arm² + sd_baseline²)).",
+        f"95% t-interval: mean(d) ± t_0.975,n-1 · sd(d)/√n, per comparison (not adjusted); from "
+        f"{s['min_seeds_for_ci']} pairs. Sign-flip p: exact, two-sided, over all 2^n sign assignments of the n "
+        f"differences; it cannot go below 2/2^n (0.25 at n = 3, 0.0625 at n = 5; p < 0.05 needs n >= 6). Holm p: "
+        f"Holm's step-down correction of the sign-flip p over one family, the {s['holm_m']} distinct comparisons of "
+        f"this report (these rows and the equal-value rows of sweeps.md).",
+        "Seeds needed (pairs; per arm when unpaired) for a two-sided t-test at α = 0.05 to detect δ with 80 % "
+        "power: the smallest n >= ((t_0.975,n-1 + t_0.8,n-1) · sd / δ)².",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for c in report["comparisons"]:
-        ci = "—" if c["ci95"] is None else f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
-        excl = "—" if c["ci_excludes_0"] is None else ("yes" if c["ci_excludes_0"] else "no")
         n = str(c["n_arm"]) if c["pairing"].startswith("paired") else f"{c['n_arm']} vs {c['n_baseline']}"
         row = [c["arm"], COMPARED[c["metric"]], c["pairing"], n, _fmt(c["mean_arm"], 4), _fmt(c["mean_baseline"], 4),
-               _fmt(c["diff"], 4, signed=True), ci, excl, _fmt(c["sd_diff"], 4),
-               _fmt_n(c["n_needed_observed"], c["sd_diff"]), _fmt_n(c["n_needed_delta"], c["sd_diff"])]  # fmt: skip
+               _fmt(c["diff"], 4, signed=True), _fmt_ci(c["ci95"]), _fmt_p(c["p"]), _fmt_p(c["p_holm"]),
+               _fmt(c["sd_diff"], 4), _fmt_n(c["n_needed_observed"], c["sd_diff"]),
+               _fmt_n(c["n_needed_delta"], c["sd_diff"])]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + posthoc_markdown(report)) + "\n"
+
+
+def posthoc_markdown(report: dict[str, Any]) -> list[str]:
+    """The post-hoc held-out rows: per arm of curves.png and evaluation step, Δ [t-interval], sign-flip p, and the
+    count of pairs below / level / above the baseline; a pooled row of all those pairs."""
+    ph = report.get("posthoc_heldout")
+    if not ph or not ph["rows"]:
+        return []
+    cols = [*ph["steps"], "mean"]
+    names = [f"step {st}" for st in ph["steps"]] + ["mean over those steps"]
+    head = ["arm", "n", *(f"Δ {x}" for x in names)]
+    lines = ["", f"**Post hoc** (looked at after seeing curves.png, not part of the plan; exploratory, outside the Holm "
+             f"family): held-out accuracy of each arm drawn in curves.png minus **{ph['baseline']}**, paired by seed, "
+             f"at every evaluation after the first and averaged over them. Cell: difference [95% t-interval], "
+             f"sign-flip p, pairs below / level / above the baseline. The pooled row counts every pair of those arms "
+             f"(they share the baseline's seeds, so the pairs are not independent: no interval, no p).",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for arm in ph["arms"]:
+        cells = {r["step"]: r for r in ph["rows"] if r["arm"] == arm}
+        n = max(r["n"] for r in cells.values())
+        texts = [f"{_fmt(r['diff'], 3, signed=True)} {_fmt_ci(r['ci95'], 3)}, p {_fmt_p(r['p'])}, "
+                 f"{r['below']}/{r['level']}/{r['above']}" for r in (cells[c] for c in cols)]  # fmt: skip
+        lines.append(f"| {arm} | {n} | " + " | ".join(texts) + " |")
+    pooled = {r["step"]: r for r in ph["pooled"]}
+    texts = [f"{_fmt(pooled[c]['diff'], 3, signed=True)}, {pooled[c]['below']}/{pooled[c]['level']}/"
+             f"{pooled[c]['above']}" for c in cols]  # fmt: skip
+    lines.append(
+        f"| all of these, pooled | {max(r['n'] for r in ph['pooled'])} | " + " | ".join(texts) + " |"
+    )
+    return lines
 
 
 def sweeps_markdown(report: dict[str, Any]) -> str:
@@ -164,9 +206,9 @@ def sweeps_markdown(report: dict[str, Any]) -> str:
         for sw in bests:
             for c in report["comparisons"]:
                 if c["arm"] == sw["best"]:
-                    ci = "no interval" if c["ci95"] is None else f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
-                    lines.append(f"- {sw['best']}, {COMPARED[c['metric']]}: {_fmt(c['diff'], 4, signed=True)} "
-                                 f"95% CI {ci} ({c['pairing']}, n = {c['n_arm']})")  # fmt: skip
+                    lines.append(f"- {sw['best']}, {COMPARED[c['metric']]}: {_fmt(c['diff'], 4, signed=True)}, "
+                                 f"95% t-interval {_fmt_ci(c['ci95'])}, sign-flip p {_fmt_p(c['p'])}, Holm p "
+                                 f"{_fmt_p(c['p_holm'])} ({c['pairing']}, n = {c['n_arm']})")  # fmt: skip
     lines += equal_value_markdown(report)
     return "\n".join(lines) + "\n"
 
@@ -178,8 +220,15 @@ def equal_value_markdown(report: dict[str, Any]) -> list[str]:
     lines = []
     for fld in dict.fromkeys(r["field"] for r in rows):
         titles = [TABLE_COLUMNS[m][0].replace("last L", f"last {last}") for m in EQUAL_VALUE_METRICS]
-        head = [fld, "arm", "minus", *(f"Δ {t} [95% CI]" for t in titles), "pairs"]
-        lines += ["", f"At equal {SWEPT[fld]}, each swept algorithm minus the baseline's (paired by seed):", "",
+        head = [
+            fld,
+            "arm",
+            "minus",
+            "n pairs",
+            *(f"Δ {t} [95% t-interval], sign-flip p, Holm p" for t in titles),
+        ]
+        lines += ["", f"At equal {SWEPT[fld]}, each swept algorithm minus the baseline's (paired by seed; Holm over "
+                  f"the report's family of {report['settings']['holm_m']}, as in comparison.md):", "",
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
         cells: dict[tuple, dict[str, Any]] = {}
         for r in (r for r in rows if r["field"] == fld):
@@ -188,10 +237,10 @@ def equal_value_markdown(report: dict[str, Any]) -> list[str]:
             diffs = []
             for m in EQUAL_VALUE_METRICS:
                 c = by_metric.get(m)
-                ci = "" if c is None or c["ci95"] is None else f" [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
-                diffs.append("—" if c is None else _fmt(c["diff"], 3, signed=True) + ci)
+                diffs.append("—" if c is None else f"{_fmt(c['diff'], 3, signed=True)} {_fmt_ci(c['ci95'], 3)}, "
+                             f"p {_fmt_p(c['p'])}, Holm {_fmt_p(c['p_holm'])}")  # fmt: skip
             n = max(c["n_arm"] for c in by_metric.values())
-            lines.append(f"| {fmt_value(value)} | {arm} | {base} | " + " | ".join(diffs) + f" | {n} |")
+            lines.append(f"| {fmt_value(value)} | {arm} | {base} | {n} | " + " | ".join(diffs) + " |")
     return lines
 
 

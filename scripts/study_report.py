@@ -17,6 +17,7 @@ the metric):
     final_reward      = mean(r_t over the last L steps)
     auc_reward        = mean(r_t over all N steps)   (area under the reward curve per step)
     acc_start / acc_final = eval/<set>/avg@1 at the first / last evaluated step (held-out greedy accuracy)
+    acc_mean_after_start  = mean(eval/<set>/avg@1 over the evaluations after the first)   (steps 5-20 of 0-20)
     response_length   = mean(response/length_mean over the last L steps)
     kl                = mean(learner/kl over the last L steps)  (logged only when algorithm.kl_coef > 0)
     clip_frac         = mean(learner/clip_frac over all steps)
@@ -33,27 +34,35 @@ arms share the name (a learning-rate sweep), the one with the highest mean final
 held-out metric) is taken and the report says so.
 
 Comparison of each arm with the baseline on acc_final and auc_reward: seeds are paired by trainer.seed (seeds
-both arms have); d_i = x_arm,i - x_base,i; difference = mean(d); 95 % CI = 2.5th and 97.5th percentiles of
-mean(d*) over B percentile-bootstrap resamples d* of the pairs (``--bootstrap`` B, numpy default_rng(``--seed``),
-fresh for each comparison). Without common seeds: unpaired, mean(a*) - mean(b*) with each arm's seeds resampled
-independently, sd(d) estimated as sqrt(sd_a^2 + sd_b^2).
-Power (normal approximation, two-sided α = 0.05, power 0.8): seeds (pairs) needed to detect a difference δ:
-    n = ((z_{1-α/2} + z_{power}) * sd(d) / δ)^2,   z_{0.975} = 1.960, z_{0.8} = 0.842
-for δ = the observed difference and δ = ``--delta`` (default 0.03: the paper's +3 points of accuracy).
+both arms have); d_i = x_arm,i - x_base,i, n pairs; difference = mean(d); 95 % CI = the paired t-interval
+mean(d) ± t_{0.975, n-1} · sd(d) / sqrt(n) (sd with ddof 1; from 2 pairs); p = the exact two-sided sign-flip
+p-value #{s ∈ {±1}^n : |Σ s_i d_i| >= |Σ d_i|} / 2^n (all 2^n assignments; its smallest value is 2 / 2^n: 0.25 at
+n = 3, 0.0625 at n = 5). Without common seeds: unpaired, the Welch t-interval and the exact permutation p-value of
+mean(a) - mean(b) over every split of the pooled values, sd(d) = sqrt(sd_a^2 + sd_b^2). Holm's step-down correction
+runs over one family: every distinct (arm, baseline, metric) comparison of the report (the rows with the baseline
+and the equal-value rows below); p_holm is reported beside p. The intervals are per comparison (not adjusted).
+Power (two-sided α = 0.05, power 0.8, t-test): pairs (per arm, unpaired) needed to detect a difference δ: the
+smallest n >= ((t_{1-α/2, ν} + t_{power, ν}) * sd(d) / δ)^2, ν = n - 1 (unpaired 2n - 2), for δ = the observed
+difference and δ = ``--delta`` (default 0.03: the paper's +3 points of accuracy). (The sign-flip test needs >= 6
+pairs to reach p < 0.05 at all.)
+Post hoc (exploratory, outside the Holm family): held-out accuracy at every evaluation after the first, and its
+mean over those (acc_mean_after_start), each arm of curves.png minus the baseline, paired by seed as above; pooled
+over those arms, the count of pairs below / level / above (pairs share the baseline's seeds: no interval).
 
 Sweeps: arms of one algorithm.name that differ only in lr or only in lam form a sweep; per sweep a table of the
 swept value against final_reward, auc_reward, acc_final, grad_norm_median and clipped_frac, its best value (the
 highest mean final_reward, the baseline's rule) marked, each algorithm at its best lr compared with the
 baseline (the comparison rows of that arm), and each swept algorithm minus the baseline's algorithm at every value
-both were run at (final_reward and acc_final, paired by seed, the same bootstrap): GRPO-λ − GRPO at each lr.
+both were run at (final_reward and acc_final, paired by seed, the same t-interval and sign-flip p): GRPO-λ − GRPO at
+each lr.
 
 Writes into ``--out`` (default ``<first folder>/report``): curves.png, table.md, comparison.md (both printed),
 runs.jsonl (one line per run: the raw numbers behind the table) and report.json (everything); where there are
 sweeps also sweeps.md (printed), sweeps.png and sweep_curves.png (every point's curves, a row per sweep), and
 curves.png then draws each swept algorithm at its main setting only (the swept value with the most seeds; ties:
 the best), so that it stays readable; the table has every arm.
-The tables and figures are drawn by study_render.py (beside this file). Only numpy, matplotlib (Agg) and the
-standard library (+ PyYAML, already a dependency) are used.
+The tables and figures are drawn by study_render.py, the statistics are study_stats.py (both beside this file).
+Only numpy, matplotlib (Agg) and the standard library (+ PyYAML, already a dependency) are used.
 """
 
 from __future__ import annotations
@@ -88,6 +97,17 @@ from study_render import (  # noqa: E402
     sweeps_markdown,
     table_markdown,
 )
+from study_stats import (  # noqa: E402
+    holm,
+    mean_se,
+    min_sign_flip_p,
+    permutation_p,
+    seeds_needed,
+    sign_flip_p,
+    steps_to_reach,
+    t_interval,
+    welch_interval,
+)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -111,7 +131,6 @@ BOOKKEEPING = (
 )
 BOOKKEEPING_EXACT = ("learner.lr",)
 ALPHA, POWER = 0.05, 0.8
-Z_SUM = statistics.NormalDist().inv_cdf(1 - ALPHA / 2) + statistics.NormalDist().inv_cdf(POWER)  # 2.802
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -268,6 +287,7 @@ def summarize_run(run: Run, eval_set: str, last: int) -> dict[str, Any]:
         "acc_start_step": evals[0][0] if evals else None,
         "acc_final": evals[-1][1] if evals else None,
         "acc_final_step": evals[-1][0] if evals else None,
+        "acc_mean_after_start": _mean_or_none([v for _, v in evals[1:]]),
         "response_length": _mean_or_none(_values(run, "response/length_mean", steps)[-last:]),
         "kl": _mean_or_none(_values(run, "learner/kl", steps)[-last:]),
         "clip_frac": _mean_or_none(_values(run, "learner/clip_frac", steps)),
@@ -280,15 +300,6 @@ def summarize_run(run: Run, eval_set: str, last: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- statistics
-def mean_se(values: list[float | None]) -> dict[str, Any]:
-    """{mean, se, n}: se = sd / sqrt(n) with sd of ddof 1 (None for n < 2); None values left out."""
-    xs = [v for v in values if v is not None]
-    if not xs:
-        return {"mean": None, "se": None, "n": 0}
-    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
-    return {"mean": statistics.fmean(xs), "se": se, "n": len(xs)}
-
-
 def mean_curve(runs: list[Run], key: str, steps_of: str = "train") -> dict[str, list]:
     """Per step, mean ± s.e. of `key` over the runs that logged it: {step, mean, se, n} lists.
     `steps_of` "train": training steps only; "all": every step (evaluation curves include step 0)."""
@@ -308,57 +319,15 @@ def mean_curve(runs: list[Run], key: str, steps_of: str = "train") -> dict[str, 
     return out
 
 
-def steps_to_reach(steps: list[int], curve: list[float], target: float, window: int) -> int | None:
-    """First step t where the trailing mean of `curve` over `window` points ending at t is >= target (full windows
-    only; the whole curve when it is shorter than `window`); None if never."""
-    if not curve:
-        return None
-    w = max(1, min(window, len(curve)))
-    csum = np.cumsum(np.concatenate([[0.0], np.asarray(curve, dtype=float)]))
-    for i in range(w - 1, len(curve)):
-        if (csum[i + 1] - csum[i + 1 - w]) / w >= target - 1e-12:
-            return steps[i]
-    return None
+# A t-interval needs an sd: from 2 pairs (t_{0.975,1} = 12.7 makes it wide, as it should be). Fewer: the
+# difference only. (The percentile bootstrap this replaced returned about [min d, max d] over 3 pairs.)
+MIN_SEEDS_FOR_CI = 2
 
 
-# A percentile bootstrap over n pairs can only return means of n values: with 2 pairs its "95 % interval" is the
-# range of the two differences (it excluded 0 whenever both had the same sign). Below 3 the difference is given, no
-# interval; even 3-5 seeds make a rough one (the power column says how many a real answer needs).
-MIN_SEEDS_FOR_CI = 3
-
-
-def bootstrap_ci(
-    a: np.ndarray, b: np.ndarray, paired: bool, resamples: int, seed: int
-) -> tuple[float, float]:
-    """Percentile-bootstrap 95 % CI of mean(a) - mean(b). Paired: resample the pairs (a_i - b_i) together;
-    unpaired: resample a and b independently."""
-    rng = np.random.default_rng(seed)
-    if paired:
-        d = a - b
-        boot = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
-    else:
-        boot_a = a[rng.integers(0, len(a), size=(resamples, len(a)))].mean(axis=1)
-        boot_b = b[rng.integers(0, len(b), size=(resamples, len(b)))].mean(axis=1)
-        boot = boot_a - boot_b
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-def seeds_needed(
-    sd: float | None, delta: float | None, alpha: float = ALPHA, power: float = POWER
-) -> float | None:
-    """n = ((z_{1-α/2} + z_{power}) * sd / δ)^2 (normal approximation); None when sd or δ is unknown or δ = 0."""
-    if sd is None or delta is None or delta == 0:
-        return None
-    nd = statistics.NormalDist()
-    z = nd.inv_cdf(1 - alpha / 2) + nd.inv_cdf(power)
-    return (z * sd / abs(delta)) ** 2
-
-
-def compare(
-    arm: list[Run], base: list[Run], metric: str, resamples: int, seed: int, delta: float
-) -> dict[str, Any]:
-    """The paired (by trainer.seed) or, without common seeds, unpaired comparison of `metric` between two arms."""
+def compare(arm: list[Run], base: list[Run], metric: str, seed: int, delta: float) -> dict[str, Any]:
+    """The paired (by trainer.seed) or, without common seeds, unpaired comparison of `metric` between two arms:
+    difference, 95 % t-interval (paired t / Welch), exact sign-flip / permutation p, seeds needed (module docstring).
+    p_holm is filled in by `holm_family` once the report's family is known."""
     a_by_seed = {r.seed: r.summary[metric] for r in arm if r.summary[metric] is not None}
     b_by_seed = {r.seed: r.summary[metric] for r in base if r.summary[metric] is not None}
     common = sorted(set(a_by_seed) & set(b_by_seed), key=seed_order)
@@ -371,32 +340,84 @@ def compare(
         a = np.array(list(a_by_seed.values()), dtype=float)
         b = np.array(list(b_by_seed.values()), dtype=float)
         sd = float(math.sqrt(np.var(a, ddof=1) + np.var(b, ddof=1))) if len(a) > 1 and len(b) > 1 else None
+    has_data = bool(len(a) and len(b))
     out: dict[str, Any] = {
         "metric": metric,
-        "pairing": "paired by seed"
-        if paired
-        else "unpaired (no common seeds)"
-        if len(a) and len(b)
-        else "no data",
+        "pairing": "paired by seed" if paired else "unpaired (no common seeds)" if has_data else "no data",
         "seeds": common if paired else None,
         "n_arm": len(a),
         "n_baseline": len(b),
         "mean_arm": float(a.mean()) if len(a) else None,
         "mean_baseline": float(b.mean()) if len(b) else None,
-        "diff": None,
+        "diff": float(a.mean() - b.mean()) if has_data else None,
+        "interval": "paired t" if paired else "Welch t",
         "ci95": None,
         "ci_excludes_0": None,
         "sd_diff": sd,
+        "test": "exact sign-flip" if paired else "exact permutation",
+        "p": None,
+        "p_min": None,
+        "p_holm": None,
     }
-    if len(a) and len(b):
-        out["diff"] = float(a.mean() - b.mean())
     if sd is not None and min(len(a), len(b)) >= MIN_SEEDS_FOR_CI:
-        lo, hi = bootstrap_ci(a, b, paired, resamples, seed)
+        lo, hi = t_interval(a - b) if paired else welch_interval(a, b)
         out.update(ci95=[lo, hi], ci_excludes_0=bool(lo > 0 or hi < 0))
-    out["n_needed_observed"] = seeds_needed(sd, out["diff"])
-    out["n_needed_delta"] = seeds_needed(sd, delta)
+    if has_data:
+        out["p"] = sign_flip_p(a - b, seed) if paired else permutation_p(a, b, seed)
+        out["p_min"] = min_sign_flip_p(len(a)) if paired else None  # the smallest p n pairs allow
+    out["n_needed_observed"] = seeds_needed(sd, out["diff"], ALPHA, POWER, paired)
+    out["n_needed_delta"] = seeds_needed(sd, delta, ALPHA, POWER, paired)
     out["delta"] = delta
     return out
+
+
+def holm_family(*row_lists: list[dict[str, Any]]) -> int:
+    """Holm-adjust the p of every distinct (arm, baseline, metric) comparison in `row_lists` as one family (a
+    comparison listed twice counts once and gets one p_holm); sets each row's p_holm, returns the family size m."""
+    keys = list(dict.fromkeys((r["arm"], r["baseline"], r["metric"]) for rows in row_lists for r in rows))
+    first = {}
+    for rows in row_lists:
+        for r in rows:
+            first.setdefault((r["arm"], r["baseline"], r["metric"]), r["p"])
+    adjusted = dict(zip(keys, holm([first[k] for k in keys])))
+    for rows in row_lists:
+        for r in rows:
+            r["p_holm"] = adjusted[(r["arm"], r["baseline"], r["metric"])]
+    return sum(first[k] is not None for k in keys)
+
+
+def _signs(d: list[float], tie: float = 1e-9) -> dict[str, int]:
+    return {
+        "below": sum(v < -tie for v in d),
+        "level": sum(abs(v) <= tie for v in d),
+        "above": sum(v > tie for v in d),
+    }
+
+
+def posthoc_heldout(arms: dict[str, list[Run]], labels: list[str], base_label: str, eval_key: str,
+                    seed: int) -> dict[str, Any]:  # fmt: skip
+    """Post hoc: held-out accuracy of each arm in `labels` minus the baseline, paired by seed, at every evaluation
+    step after the first and as acc_mean_after_start (step "mean"). Rows: {arm, step, n, diff, ci95, p, below,
+    level, above}; pooled per step over all those pairs: {step, n, diff (their mean), below, level, above}."""
+    base = {r.seed: r for r in arms[base_label]}
+    labels = [lab for lab in labels if any(r.seed in base for r in arms[lab])]  # paired only
+    steps = sorted({s for r in base.values() for s in r.rows if eval_key in r.rows[s]})[1:]
+
+    def value(r: Run, step: int | str) -> float | None:
+        return r.summary["acc_mean_after_start"] if step == "mean" else r.rows.get(step, {}).get(eval_key)
+
+    rows, pooled = [], {step: [] for step in [*steps, "mean"]}
+    for label in labels:
+        for step, pool in pooled.items():
+            pairs = [(value(r, step), value(base[r.seed], step)) for r in arms[label] if r.seed in base]
+            d = [x - y for x, y in pairs if x is not None and y is not None]
+            ci = t_interval(d)
+            rows.append({"arm": label, "step": step, "n": len(d), "diff": statistics.fmean(d) if d else None,
+                         "ci95": list(ci) if ci else None, "p": sign_flip_p(d, seed), **_signs(d)})  # fmt: skip
+            pool += d
+    pooled_rows = [{"step": step, "n": len(d), "diff": statistics.fmean(d) if d else None, **_signs(d)}
+                   for step, d in pooled.items()]  # fmt: skip
+    return {"arms": labels, "baseline": base_label, "steps": steps, "rows": rows, "pooled": pooled_rows}
 
 
 def _json_safe(x: Any) -> Any:
@@ -489,8 +510,7 @@ def equal_value_comparisons(
                 if p["value"] not in base_at:
                     continue
                 for metric in EQUAL_VALUE_METRICS:
-                    c = compare(arms[p["label"]], arms[base_at[p["value"]]], metric, args.bootstrap, args.seed,
-                                args.delta)  # fmt: skip
+                    c = compare(arms[p["label"]], arms[base_at[p["value"]]], metric, args.seed, args.delta)
                     rows.append({"field": sw["field"], "value": p["value"], "arm": p["label"],
                                  "baseline": base_at[p["value"]], **c})  # fmt: skip
     return rows
@@ -555,7 +575,7 @@ def build_report(folders: list[Path], args: argparse.Namespace) -> tuple[dict[st
             if label == base_label:
                 continue
             for metric in COMPARED:
-                c = compare(rs, arms[base_label], metric, args.bootstrap, args.seed, args.delta)
+                c = compare(rs, arms[base_label], metric, args.seed, args.delta)
                 comparisons.append({"arm": label, "baseline": base_label, **c})
 
     sweeps = find_sweeps(arm_out)
@@ -563,6 +583,12 @@ def build_report(folders: list[Path], args: argparse.Namespace) -> tuple[dict[st
     if baseline:
         base_name = next(a["fields"]["name"] for a in arm_out if a["label"] == base_label)
         equal_value = equal_value_comparisons(sweeps, arms, base_name, args)
+    holm_m = holm_family(comparisons, equal_value)
+    drawn = curve_arms(arm_out, sweeps)
+    posthoc = None
+    if baseline:
+        others = [lab for lab in drawn if lab != base_label]
+        posthoc = posthoc_heldout(arms, others, base_label, f"eval/{args.metric_eval}/avg@1", args.seed)
 
     report = {
         "settings": {
@@ -570,12 +596,14 @@ def build_report(folders: list[Path], args: argparse.Namespace) -> tuple[dict[st
             "baseline": args.baseline,
             "eval_set": args.metric_eval,
             "last": args.last,
-            "bootstrap": args.bootstrap,
             "seed": args.seed,
             "delta": args.delta,
             "alpha": ALPHA,
             "power": POWER,
-            "z_sum": Z_SUM,
+            "interval": "95 % paired t-interval (unpaired: Welch), per comparison",
+            "test": "exact two-sided sign-flip p (unpaired: exact permutation p)",
+            "holm_family": "every distinct (arm, baseline, metric) row of comparisons and equal_value_comparisons",
+            "holm_m": holm_m,
             "min_seeds_for_ci": MIN_SEEDS_FOR_CI,
         },
         "baseline": baseline,
@@ -583,8 +611,9 @@ def build_report(folders: list[Path], args: argparse.Namespace) -> tuple[dict[st
         "arms": arm_out,
         "comparisons": comparisons,
         "sweeps": sweeps,
-        "curve_arms": curve_arms(arm_out, sweeps),
+        "curve_arms": drawn,
         "equal_value_comparisons": equal_value,
+        "posthoc_heldout": posthoc,
         "incomplete": incomplete,
         "skipped": skipped,
         "config_differences": varying_fields(complete),
@@ -631,14 +660,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--last", type=int, default=5, help="steps averaged for final numbers, smoothing window (default 5)"
     )
-    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples (default 10000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
+    # --bootstrap B is accepted and ignored: the percentile bootstrap is gone (study_sweep.py still passes it)
+    p.add_argument("--bootstrap", type=int, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the Monte Carlo p-values beyond 20 pairs (default 0)"
+    )
     p.add_argument(
         "--delta", type=float, default=0.03, help="effect size for the power estimate (default 0.03)"
     )
     args = p.parse_args(argv)
-    if args.last < 1 or args.bootstrap < 1:
-        p.error("--last and --bootstrap must be >= 1")
+    if args.last < 1:
+        p.error("--last must be >= 1")
     for f in args.folders:
         if not f.is_dir():
             p.error(f"{f} is not a folder")

@@ -19,6 +19,7 @@ _spec = importlib.util.spec_from_file_location("study_report", _PATH)
 sr = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = sr  # dataclasses look their module up there
 _spec.loader.exec_module(sr)
+ss = sys.modules["study_stats"]  # imported by study_report from beside it
 
 N = 10  # training steps per run
 SEEDS = [0, 1, 2, 3, 4]
@@ -30,7 +31,7 @@ E = [
     0.0,
 ]  # per-seed noise of arm B's differences: sums to 0, so mean shift is exact
 REWARD_SHIFT, ACC_SHIFT = 0.1, 0.05
-Z = 1.959963984540054 + 0.8416212335729143  # z_0.975 + z_0.8
+T975_4 = 2.7764451051977987  # t_0.975 with 4 degrees of freedom (5 pairs)
 
 
 def algo(name: str) -> dict:
@@ -111,7 +112,6 @@ def args(**kw):
         "baseline": "grpo",
         "metric_eval": "arithmetic_eval",
         "last": 5,
-        "bootstrap": 2000,
         "seed": 0,
         "delta": 0.03,
     }
@@ -207,21 +207,24 @@ def test_steps_to_reach_baseline_final_reward(report):
 
 def test_paired_difference_is_the_known_shift(report):
     rep, _ = report
-    sd = statistics.stdev(E)
+    sd = statistics.stdev(E)  # 0.0158
     for metric, shift in (("auc_reward", REWARD_SHIFT), ("acc_final", ACC_SHIFT)):
         c = comparison(rep, "grpo_lambda (lr=3e-05)", metric)
-        assert c["pairing"] == "paired by seed" and c["seeds"] == SEEDS
+        assert c["pairing"] == "paired by seed" and c["seeds"] == SEEDS and c["n_arm"] == 5
         assert c["diff"] == pytest.approx(shift)
-        lo, hi = c["ci95"]
-        assert lo <= shift <= hi and lo > 0 and c["ci_excludes_0"]
-        assert (
-            min(E) + shift - 1e-9 <= lo and hi <= max(E) + shift + 1e-9
-        )  # a bootstrap mean stays in the range
+        half = T975_4 * sd / math.sqrt(5)  # paired t-interval: mean ± t_0.975,4 · sd / sqrt(5)
+        assert c["ci95"] == pytest.approx([shift - half, shift + half]) and c["ci_excludes_0"]
+        assert c["interval"] == "paired t" and c["test"] == "exact sign-flip"
+        assert c["p"] == pytest.approx(2 / 32) and c["p_min"] == pytest.approx(
+            2 / 32
+        )  # all 5 differences > 0
         assert c["sd_diff"] == pytest.approx(sd)
-        assert c["n_needed_observed"] == pytest.approx((Z * sd / shift) ** 2)
-        assert c["n_needed_delta"] == pytest.approx((Z * sd / 0.03) ** 2)
+        # t-test sample size for δ = 0.03, (sd/δ)² = 0.278: n = 4 needs (t_.975,3 + t_.8,3)² = (3.182 + 0.978)² = 17.3
+        # times 0.278 = 4.8 > 4; n = 5 needs (2.776 + 0.941)² · 0.278 = 3.84 <= 5
+        assert c["n_needed_delta"] == 5
     c = comparison(rep, "grpo_lambda (lr=1e-05)", "auc_reward")
     assert c["seeds"] == [0, 1, 2] and c["diff"] == pytest.approx(-0.2)
+    assert c["p"] == pytest.approx(0.25)  # 3 pairs of one sign: the smallest p 3 pairs allow, 2/8
 
 
 def test_unpaired_comparison_without_common_seeds(report):
@@ -229,7 +232,16 @@ def test_unpaired_comparison_without_common_seeds(report):
     c = comparison(rep, "grpo_lambda_weight", "acc_final")
     assert c["pairing"] == "unpaired (no common seeds)" and c["n_arm"] == 3 and c["n_baseline"] == 5
     assert c["diff"] == pytest.approx(0.46 - 0.42)
-    assert c["ci95"][0] <= c["diff"] <= c["ci95"][1]
+    va, vb = (
+        statistics.variance([0.45, 0.46, 0.47]) / 3,
+        statistics.variance([0.4 + 0.01 * s for s in SEEDS]) / 5,
+    )
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 4)  # Welch-Satterthwaite: 5.88
+    half = ss.t_quantile(0.975, df) * math.sqrt(va + vb)
+    assert c["interval"] == "Welch t" and c["ci95"] == pytest.approx([0.04 - half, 0.04 + half])
+    # every weight seed above every grpo seed: of the C(8, 3) = 56 splits only that one and its mirror
+    # (the lowest three against the rest, also 0.04 apart) are as extreme
+    assert c["test"] == "exact permutation" and c["p"] == pytest.approx(2 / 56)
     sd = math.sqrt(
         statistics.variance([0.45, 0.46, 0.47]) + statistics.variance([0.4 + 0.01 * s for s in SEEDS])
     )
@@ -237,16 +249,38 @@ def test_unpaired_comparison_without_common_seeds(report):
     assert "unpaired" in sr.comparison_markdown(rep)
 
 
-def test_bootstrap_is_reproducible_with_its_seed(study):
-    one, _ = sr.build_report([study], args(seed=7))
-    two, _ = sr.build_report([study], args(seed=7))
-    assert one["comparisons"] == two["comparisons"]
+def test_holm_runs_over_every_comparison_of_the_report(report):
+    rep, _ = report
+    rows = rep["comparisons"]  # no equal-value rows here (GRPO was run at one lr): the family is these 6
+    assert rep["settings"]["holm_m"] == len(rows) == 6
+    assert [r["p_holm"] for r in rows] == pytest.approx(sr.holm([r["p"] for r in rows]))
+    assert all(r["p_holm"] >= r["p"] for r in rows)
+    md = sr.comparison_markdown(rep)
+    assert "Holm p (m = 6)" in md and "sign-flip p" in md and "95% t-interval" in md
+
+
+def test_posthoc_heldout_accuracy_per_evaluation(report):
+    rep, _ = report
+    ph = rep["posthoc_heldout"]
+    # curves.png draws grpo, grpo_lambda at its main lr (3e-05: most seeds) and the weight arm, which shares no seed
+    assert ph["arms"] == ["grpo_lambda (lr=3e-05)"] and ph["steps"] == [5, 10]
+    cells = {r["step"]: r for r in ph["rows"]}
+    assert cells[5]["diff"] == pytest.approx(0.0) and cells[5]["level"] == 5 and cells[5]["p"] == 1.0
+    assert cells[10]["diff"] == pytest.approx(ACC_SHIFT) and cells[10]["above"] == 5 and cells[10]["n"] == 5
+    assert cells["mean"]["diff"] == pytest.approx(ACC_SHIFT / 2)  # mean of the evaluations at steps 5 and 10
+    assert {r["step"]: r["n"] for r in ph["pooled"]} == {5: 5, 10: 5, "mean": 5}
+    assert "**Post hoc**" in sr.comparison_markdown(rep)
+
+
+def test_bootstrap_flag_is_accepted_and_ignored():
+    a = sr.parse_args([str(Path(__file__).parent), "--bootstrap", "100"])  # study_sweep.py still passes it
+    assert a.seed == 0 and a.last == 5
 
 
 def test_statistics_helpers():
     assert sr.steps_to_reach([1, 2, 3, 4], [0.0, 1.0, 1.0, 1.0], 1.0, 2) == 3
     assert sr.steps_to_reach([1, 2], [0.0, 0.1], 1.0, 5) is None
-    assert sr.seeds_needed(0.1, 0.03) == pytest.approx((Z * 0.1 / 0.03) ** 2)
+    assert sr.seeds_needed(0.1, 0.03) == 90  # normal approximation: 87.2; the t-test needs a few more
     assert sr.seeds_needed(0.1, 0.0) is None and sr.seeds_needed(None, 0.03) is None
     assert sr.mean_se([1.0, None]) == {"mean": 1.0, "se": None, "n": 1}
 
@@ -284,7 +318,7 @@ def test_cli_writes_every_output_and_reads_copied_runs(study, tmp_path):
         dst.mkdir(parents=True)
         for f in ("config.yaml", "metrics.jsonl", "summary.json"):
             shutil.copy(cfg.parent / f, dst / f)
-    cmd = [sys.executable, str(_PATH), str(copies), "--bootstrap", "500"]
+    cmd = [sys.executable, str(_PATH), str(copies)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = copies / "report"  # default: <first folder>/report
@@ -315,17 +349,14 @@ def test_one_pair_gives_a_difference_but_no_interval():
         def __init__(self, seed, value):
             self.seed, self.summary = seed, {"acc_final": value}
 
-    out = sr.compare([R(0, 0.6)], [R(0, 0.5)], "acc_final", 1000, 0, 0.03)
-    assert out["diff"] == pytest.approx(0.1)
+    out = sr.compare([R(0, 0.6)], [R(0, 0.5)], "acc_final", 0, 0.03)
+    assert out["diff"] == pytest.approx(0.1) and out["p"] == 1.0  # one pair: both signs are as extreme
     assert out["ci95"] is None and out["ci_excludes_0"] is None and out["sd_diff"] is None
-    # two pairs: a spread (and a power estimate) but still no interval (the bootstrap would return their range)
-    out = sr.compare([R(0, 0.6), R(1, 0.7)], [R(0, 0.5), R(1, 0.5)], "acc_final", 1000, 0, 0.03)
+    # two pairs: a t-interval with 1 degree of freedom, 0.15 ± 12.706 · 0.0707 / sqrt(2): wide, as it should be
+    out = sr.compare([R(0, 0.6), R(1, 0.7)], [R(0, 0.5), R(1, 0.5)], "acc_final", 0, 0.03)
     assert out["diff"] == pytest.approx(0.15) and out["sd_diff"] == pytest.approx(0.0707, abs=1e-4)
-    assert out["ci95"] is None and out["n_needed_delta"] is not None
-    out = sr.compare(
-        [R(0, 0.6), R(1, 0.7), R(2, 0.6)], [R(0, 0.5), R(1, 0.5), R(2, 0.5)], "acc_final", 1000, 0, 0.03
-    )
-    assert out["ci95"] is not None
+    assert out["ci95"] == pytest.approx([0.15 - 0.6353, 0.15 + 0.6353], abs=1e-4) and not out["ci_excludes_0"]
+    assert out["p"] == pytest.approx(0.5) and out["n_needed_delta"] is not None
 
 
 def test_sweeps_are_found_tabulated_and_compared_at_each_best_and_at_equal_values(tmp_path):
@@ -371,7 +402,9 @@ def test_sweeps_are_found_tabulated_and_compared_at_each_best_and_at_equal_value
         row = equal[value, metric]
         assert row["diff"] == pytest.approx(want) and row["pairing"] == "paired by seed" and row["n_arm"] == 3
     assert equal[1e-4, "final_reward"]["baseline"] == "grpo (lr=0.0001)"
-    assert "| 0.0001 | grpo_lambda (lam=0.99, lr=0.0001) | grpo (lr=0.0001) | +0.100 [" in md
+    assert "| 0.0001 | grpo_lambda (lam=0.99, lr=0.0001) | grpo (lr=0.0001) | 3 | +0.100 [" in md
+    # the equal-value rows join the comparisons in one Holm family (GRPO-λ at 3e-5 vs GRPO at 3e-5 is in both: once)
+    assert rep["settings"]["holm_m"] == len(rep["comparisons"]) + len(rep["equal_value_comparisons"]) - 1
     # curves.png: each swept algorithm at its main setting (all points have 3 seeds here: the best one)
     assert rep["curve_arms"] == ["grpo (lr=3e-05)", "grpo_lambda (lam=0.99, lr=0.0001)",
                                  "grpo_lambda (lam=0.9, lr=3e-05)", "grpo_lambda_weight"]  # fmt: skip
