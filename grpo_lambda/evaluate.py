@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from grpo_lambda.config import CONF_DIR, check_overrides_or_exit, to_config
 from grpo_lambda.config.schema import Config
+from grpo_lambda.data.templates import answer_format
 
 SAMPLES, SUMMARY, TABLE, CHART, SETTINGS = (
     "samples.jsonl",
@@ -86,7 +87,7 @@ def model_positions(model_path: Path) -> int | None:
 def settings(cfg: Config, model_path: Path) -> dict[str, Any]:
     """What decides the samples: a resumed evaluation must match these."""
     e = cfg.eval
-    return {
+    out = {
         "model_path": str(model_path.resolve()),
         "samples_per_prompt": e.samples_per_prompt,
         "temperature": e.temperature,
@@ -99,6 +100,11 @@ def settings(cfg: Config, model_path: Path) -> dict[str, Any]:
         "samples_per_engine_call": SAMPLES_PER_ENGINE_CALL,
         "math_fallback": cfg.reward.math_fallback,
     }
+    strict = answer_format(cfg.data.prompt_template, cfg.reward.strict_format)
+    # strict grading changes the recorded outcomes; named only when on, so earlier evaluations resume
+    if strict:
+        out["answer_format"] = strict
+    return out
 
 
 def check_settings(out: Path, wanted: dict[str, Any]) -> None:
@@ -233,7 +239,9 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     rollout = None
     try:
         rollout = RolloutGroup(cfg, str(model_path), placement["rollout"], gpus, max_model_len=max_model_len)
-        evaluator = Evaluator(rollout, verifier, cfg.reward)
+        evaluator = Evaluator(
+            rollout, verifier, cfg.reward, answer_format(cfg.data.prompt_template, cfg.reward.strict_format)
+        )
         bar = tqdm(total=len(wanted) * k, initial=sum(len(done.get(key, [])) for key in wanted), unit="sample",
                    desc="eval", dynamic_ncols=True)  # fmt: skip
         with open(out / SAMPLES, "a", encoding="utf-8") as f:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from grpo_lambda.rewards.metrics import outcome_metrics
 from grpo_lambda.rewards.pool import VerifierPool
-from grpo_lambda.rewards.spec import OUTCOMES, VerifyRequest, VerifyResult
+from grpo_lambda.rewards.spec import ANSWER_FORMATS, OUTCOMES, VerifyRequest, VerifyResult
 from grpo_lambda.rewards.verifiers import MATH_FALLBACKS, VERIFIERS
 
 
@@ -29,7 +29,7 @@ class InputError(ValueError):
 
 
 def read_rows(
-    path: Path, default_verifier: str, math_fallback: str = "none"
+    path: Path, default_verifier: str, math_fallback: str = "none", answer_format: str | None = None
 ) -> Iterator[tuple[dict, VerifyRequest]]:
     """Yield ``(row, request)`` per non-blank line; ``InputError`` naming ``path:line`` on a malformed one.
 
@@ -56,9 +56,8 @@ def read_rows(
                 raise InputError(
                     f'{where}: unknown "verifier" {verifier!r}; use one of {", ".join(sorted(VERIFIERS))}'
                 )
-            request = VerifyRequest(
-                row["response"], str(answer), verifier=verifier, math_fallback=math_fallback
-            )
+            request = VerifyRequest(row["response"], str(answer), verifier=verifier, math_fallback=math_fallback,
+                                    answer_format=answer_format)  # fmt: skip
             yield row, request
 
 
@@ -104,6 +103,7 @@ def grade_file(
     default_verifier: str = "math",
     block_lines: int = 4096,
     math_fallback: str = "none",
+    answer_format: str | None = None,
 ) -> dict[str, list[VerifyResult]]:
     """Grade ``in_path`` into ``out_path`` (written atomically); returns the results per verifier."""
     total = count_rows(in_path, default_verifier)
@@ -111,7 +111,7 @@ def grade_file(
     tmp_path = out_path.with_name(out_path.name + ".tmp")
     done = 0
     with open(tmp_path, "w", encoding="utf-8") as out:
-        rows = read_rows(in_path, default_verifier, math_fallback)
+        rows = read_rows(in_path, default_verifier, math_fallback, answer_format)
         while True:
             block = [pair for _, pair in zip(range(block_lines), rows)]
             if not block:
@@ -153,7 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         help="math verifier, response without \\boxed{}: none = unparsable (the GRPO-λ authors' grading, default) "
         "or last_number (the text after 'answer is', else the last number)",
     )
+    parser.add_argument(
+        "--answer-format",
+        default=None,
+        choices=ANSWER_FORMATS,
+        help="strict grading: only this answer marker counts, no fallback (what reward.strict_format=true does "
+        "with the prompt's marker; the paper presets grade so). Default: each verifier's own rules",
+    )
     args = parser.parse_args(argv)
+    if args.answer_format and args.math_fallback != "none":
+        parser.error("--answer-format reads only that marker: it cannot be combined with --math-fallback")
     if not args.input.is_file():
         parser.error(f"input file {args.input} does not exist")
     if args.workers < 1 or args.timeout <= 0:
@@ -165,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         ) as pool:
             start = time.perf_counter()
             by_verifier = grade_file(
-                args.input, args.output, pool, args.verifier, math_fallback=args.math_fallback
-            )
+                args.input, args.output, pool, args.verifier, math_fallback=args.math_fallback,
+                answer_format=args.answer_format,
+            )  # fmt: skip
             wall_s = time.perf_counter() - start
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

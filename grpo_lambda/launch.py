@@ -19,6 +19,15 @@ VERIFIER_CPUS = 0.5  # Ray CPUs reserved per verifier actor (its checks run in s
 DASHBOARD_HOST = "127.0.0.1"  # the dashboard (cluster.ray_dashboard=true): reachable from this machine only
 
 
+def engine_positions(cfg: Config) -> int:
+    """The engines' max_model_len: the prompt plus the longer of the training responses and, when the run evaluates,
+    the evaluation responses (eval.max_response_tokens, e.g. the paper presets' 3072 beside 256 in training)."""
+    t, responses = cfg.trainer, cfg.model.max_response_tokens
+    if t.eval_every_steps > 0 or t.eval_before_train:
+        responses = max(responses, cfg.eval.max_response_tokens or responses)
+    return cfg.model.max_prompt_tokens + responses
+
+
 def init_ray(cfg: Config) -> float:
     """Join `cluster.address` (waiting for `cluster.num_nodes` nodes) or start a local Ray sized for this run's
     actors (logical CPUs may exceed cores). Returns the GPUs per actor this run uses: 1.0 when the cluster has GPUs,

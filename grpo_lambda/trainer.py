@@ -19,18 +19,21 @@ import torch
 
 from grpo_lambda import checkpoint, leftovers
 from grpo_lambda.algorithms import compute_advantages
+from grpo_lambda.algorithms.credit import credit_metrics, token_credit
+from grpo_lambda.config.resolve import resolve_runtime
 from grpo_lambda.config.schema import Config
 from grpo_lambda.data.datasets import build_eval_rows, build_train_rows
 from grpo_lambda.data.sampler import PromptSampler
-from grpo_lambda.data.templates import Prompt, PromptFormatter
+from grpo_lambda.data.templates import Prompt, PromptFormatter, answer_format
 from grpo_lambda.distributed.weight_sync import WeightSync
 from grpo_lambda.eval import report
 from grpo_lambda.eval.runner import Evaluator, eval_spec
-from grpo_lambda.launch import init_ray, place, release, start_verifier
+from grpo_lambda.launch import engine_positions, init_ray, place, release, start_verifier
 from grpo_lambda.learner.batch import LearnerBatch, build_batch
 from grpo_lambda.learner.group import LearnerFailure, LearnerGroup
 from grpo_lambda.models import resolve_model
 from grpo_lambda.rewards import VerifyRequest, VerifyResult, outcome_metrics
+from grpo_lambda.rewards.answer_tokens import answer_token_mask
 from grpo_lambda.rollout.group import RolloutGroup
 from grpo_lambda.rollout.pipeline import Batch, RolloutPipeline, staleness
 from grpo_lambda.rollout.sampling import Sample, SamplingSpec
@@ -59,7 +62,9 @@ class Trainer:
         set_seed(cfg.trainer.seed)
         train_rows, eval_rows = build_train_rows(cfg), build_eval_rows(cfg)  # DataError before Ray starts
         self.model_path = str(resolve_model(cfg.model.path))
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_path or self.model_path)
+        self.tokenizer = tokenizer = AutoTokenizer.from_pretrained(
+            cfg.model.tokenizer_path or self.model_path
+        )
         self.pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
         )
@@ -68,6 +73,8 @@ class Trainer:
         prompts, dropped = self.formatter.format_rows(train_rows)
         if dropped:
             print(f"[grpo-lambda] dropped {len(dropped)} prompts longer than model.max_prompt_tokens")
+        # strict grading: the one answer marker the prompt asks for (reward.strict_format), else None
+        self.answer_format = answer_format(cfg.data.prompt_template, cfg.reward.strict_format)
         self.sampler = PromptSampler(prompts, cfg.data.prompts_per_step, cfg.data.seed, cfg.data.shuffle)
         self.eval_sets = {name: self.formatter.format_rows(rows)[0] for name, rows in eval_rows.items()}
 
@@ -75,10 +82,14 @@ class Trainer:
         if reaped:
             print(f"[grpo-lambda] ended processes {reaped}, left by a killed driver of this run")
         gpus = init_ray(cfg)
+        for line in resolve_runtime(cfg, gpus):  # before any role starts: they read the resolved values
+            print(f"[grpo-lambda] {line}", flush=True)
         leftovers.record(cfg.run_dir)  # Ray's processes, for the next start should this driver be killed
         self.verifier = start_verifier(cfg)
         self.placement = place(cfg, gpus)
-        self.rollout = RolloutGroup(cfg, self.model_path, self.placement["rollout"], gpus)
+        self.rollout = RolloutGroup(
+            cfg, self.model_path, self.placement["rollout"], gpus, engine_positions(cfg)
+        )
         self.learner = LearnerGroup(cfg, self.model_path, placement=self.placement["learner"])
         self.weight_sync = WeightSync(cfg, self.learner, self.rollout, gpus)
         self.pipeline = RolloutPipeline(
@@ -129,6 +140,7 @@ class Trainer:
             with timer("sync"):
                 self.weight_sync.push()
         metrics.update(self._rollout_metrics(rollout, adv))
+        metrics.update(self._credit_metrics(batch, rollout))
         metrics.update(self._pipeline_metrics(generated, rollout, version))
         self.tracker.log_batch(self.step_num + 1, self._batch_record(rollout))
         metrics.update(timer.metrics())
@@ -141,7 +153,8 @@ class Trainer:
         """Grade every sample against its prompt's gold answer in the verifier pool."""
         rw = self.cfg.reward
         requests = [VerifyRequest(response=s.text, answer=p.answer, verifier=p.verifier, correct=rw.correct,
-                                  wrong=rw.wrong, format_weight=rw.format_weight, math_fallback=rw.math_fallback)
+                                  wrong=rw.wrong, format_weight=rw.format_weight, math_fallback=rw.math_fallback,
+                                  answer_format=self.answer_format)
                     for p, group in zip(prompts, samples) for s in group]  # fmt: skip
         results = self.verifier.score(requests)
         return Rollout(prompts, samples, torch.tensor([r.reward for r in results]), results)
@@ -261,7 +274,7 @@ class Trainer:
         (eval/runner.py, eval/report.py): `eval/<dataset>/avg@k` ..."""
         t0, k = time.perf_counter(), self.cfg.eval.samples_per_prompt
         spec = eval_spec(self.cfg, step_seed(self.cfg.trainer.seed, self.step_num, "eval"))
-        evaluator = Evaluator(self.rollout, self.verifier, self.cfg.reward)
+        evaluator = Evaluator(self.rollout, self.verifier, self.cfg.reward, self.answer_format)
         records = [r for prompts in self.eval_sets.values() for r in evaluator.sample(prompts, spec)]
         out = report.flat_metrics(report.summarize(records, evaluator.majority(records), k))
         out["eval/time_s"] = time.perf_counter() - t0  # outside the step: not a time/ phase
@@ -347,6 +360,17 @@ class Trainer:
         """What a step trained on, for batches.jsonl: prompt ids and each group's weights version."""
         versions = [min(s.weights_version for s in group) for group in rollout.samples]
         return {"prompt_ids": [p.id for p in rollout.prompts], "weights_versions": versions}
+
+    def _credit_metrics(self, batch: LearnerBatch, rollout: Rollout) -> dict[str, float]:
+        """`credit/*`: each token's weight in this step's policy gradient (algorithms/credit.py), answer tokens marked."""
+        # ε-weight's c needs log π: θ_old's where computed, else the engine's (≈ θ_old)
+        logp = batch.old_logp if batch.old_logp is not None else batch.behaviour_logp
+        credit = token_credit(batch.response_mask, self.cfg.algorithm, horizon=self.cfg.model.max_response_tokens,
+                              logp=logp)  # fmt: skip
+        answers = answer_token_mask(
+            self.tokenizer, [s.response_ids for s in rollout.flat()], batch.response_len
+        )
+        return credit_metrics(credit, batch.response_mask, answers)
 
     def _rollout_metrics(self, rollout: Rollout, adv: torch.Tensor) -> dict[str, float]:
         flat = rollout.flat()

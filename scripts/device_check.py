@@ -133,7 +133,7 @@ def check_learner(device: torch.device) -> None:
 
     folder = build_tiny_model(tempfile.mkdtemp() + "/tiny", seed=0)
     dtype = "bfloat16" if device.type == "cuda" else "float32"
-    cfg = Config(model=ModelConfig(path=str(folder), dtype=dtype), algorithm=AlgorithmConfig(kl_coef=0.0),
+    cfg = Config(model=ModelConfig(path=str(folder), dtype=dtype), algorithm=AlgorithmConfig(kl_coef=0.0, behaviour_is="none"),
                  learner=LearnerConfig(world_size=1, zero_stage=2, lr=1e-4, mini_batch_samples=8,
                                        micro_batch_samples=4))  # fmt: skip
     worker = LearnerWorker(rank=0, world_size=1)
@@ -197,7 +197,7 @@ def check_step_w(device: torch.device) -> None:
     out = {}
     for label, budget in (("padded", None), ("tokens_1024", 1024)):
         cfg = Config(model=ModelConfig(path=folder, dtype="bfloat16", max_response_tokens=128),
-                     algorithm=AlgorithmConfig(kl_coef=0.0),
+                     algorithm=AlgorithmConfig(kl_coef=0.0, behaviour_is="none"),
                      learner=LearnerConfig(world_size=1, zero_stage=2, lr=1e-6, mini_batch_samples=32,
                                            micro_batch_samples=8, micro_batch_tokens=budget))  # fmt: skip
         worker = LearnerWorker(rank=0, world_size=1)

@@ -11,7 +11,7 @@ with a = γλ and w(t, k) as written in the paper and the authors' code (traces.
 
     anchor     recent           both                       early
     token      a^(t−k)          max(a^(t−k), a^k)          a^k
-    sequence   a^(L−1−k)        max(a^(L−1−k), a^k)        a^k      L−1: the row's last valid token
+    sequence   a^(L−1−k)        max(a^(L−k), a^k)          a^k      L−1: the row's last valid token (n = L)
     horizon    a^(n−1−k)        max(a^(n−k), a^k)          a^k      n: the fixed horizon
 """
 
@@ -29,9 +29,11 @@ def dense_trace_weights(
     anchor: str = "token",
     floor: float = 0.0,
     horizon: int | None = None,
+    norm: str = "none",
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """W [B, T, T] in `dtype` for a [B, T] response mask (see the module docstring); `horizon` is n (None: T)."""
+    """W [B, T, T] in `dtype` for a [B, T] response mask (see the module docstring); `horizon` is n (None: T);
+    norm="mean" divides each row b by its mean column sum, (1/L_b) Σ_{t,k} W[b, t, k]."""
     width = mask.shape[-1]
     idx = torch.arange(width, device=mask.device, dtype=dtype)
     a = torch.tensor(gamma * lam, device=mask.device, dtype=dtype)
@@ -40,7 +42,8 @@ def dense_trace_weights(
         recent = both_recent = torch.pow(a, (idx[None, :, None] - k).clamp(min=0))  # lag t − k
     elif anchor == "sequence":
         last = (mask.long() * torch.arange(width, device=mask.device)).max(-1).values.to(dtype)[:, None, None]
-        recent = both_recent = torch.pow(a, (last - k).clamp(min=0))  # lag L−1−k
+        recent = torch.pow(a, (last - k).clamp(min=0))  # a^(L−1−k)
+        both_recent = torch.pow(a, (last + 1 - k).clamp(min=0))  # a^(L−k): the authors' n − k with n = L
     elif anchor == "horizon":
         n = width if horizon is None else horizon
         recent, both_recent = torch.pow(a, n - 1 - k), torch.pow(a, n - k)  # the authors' exponents
@@ -54,13 +57,20 @@ def dense_trace_weights(
     below = idx[:, None] > idx[None, :]
     weights = torch.where(diagonal, torch.ones((), dtype=dtype, device=mask.device), weights * below)
     m = mask.to(dtype)
-    return weights * m[:, None, :] * m[:, :, None]
+    weights = weights * m[:, None, :] * m[:, :, None]
+    if norm == "mean":
+        length = m.sum(-1)
+        mean_credit = torch.where(
+            length > 0, weights.sum((1, 2)) / length.clamp(min=1), torch.ones_like(length)
+        )
+        weights = weights / mean_credit[:, None, None]
+    return weights
 
 
 def dense_lambda_trace(
     x: torch.Tensor, mask: torch.Tensor, *, dtype: torch.dtype = torch.float64, **kw
 ) -> torch.Tensor:
     """z = W x for [B, T] values x, computed in `dtype` (differentiable in x); keyword arguments as
-    `dense_trace_weights` (gamma, lam, style, anchor, floor, horizon)."""
+    `dense_trace_weights` (gamma, lam, style, anchor, floor, horizon, norm)."""
     weights = dense_trace_weights(mask, dtype=dtype, **kw)
     return torch.bmm(weights, x.to(dtype).unsqueeze(-1)).squeeze(-1)

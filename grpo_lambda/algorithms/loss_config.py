@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Off-policy correction by the engine's sampling log-probs (is_correction.py).
-BEHAVIOUR_IS = ("none", "tis", "mis")
+# Off-policy correction by the engine's sampling log-probs (is_correction.py); SEQUENCE_IS drop whole sequences.
+BEHAVIOUR_IS = ("none", "tis", "mis", "seq_filter")
+SEQUENCE_IS = ("mis", "seq_filter")
+# The run configuration's default: resolved at start-up where the run lands (config/resolve.py), never seen here.
+BEHAVIOUR_IS_AUTO = "auto"
 
 
 @dataclass
@@ -27,6 +30,7 @@ class LossConfig:
         "token"  # token (paper) | sequence (lag from the last token) | horizon (authors' code)
     )
     trace_floor: float = 0.0  # floor on off-diagonal trace weights (authors' code: 1e-7)
+    trace_norm: str = "none"  # none (the paper) | mean: divide by the sequence's mean credit (Σ_k c_k = L)
     eligibility_grad: bool = (
         True  # ε-weight: the gradient flows through E (authors' code); false: E is a constant
     )
@@ -35,5 +39,7 @@ class LossConfig:
     entropy_coef: float = 0.0
     loss_agg: str = "token-mean"  # see aggregation.py
     max_log_ratio: float = 20.0  # overflow guard: log r and z are clamped to ±this before exp
-    behaviour_is: str = "none"  # none | tis (token, min(π_old/μ, C)) | mis (sequence mask: Π π_old/μ ≤ C)
+    # none | tis (per token, min(π_old/μ, C)) | mis (per sequence: ρ = Π π_old/μ if ρ ≤ C, else dropped) |
+    # seq_filter (drop sequences with ρ > C, keep the rest at weight 1). A run's config defaults to auto.
+    behaviour_is: str = "none"
     behaviour_is_cap: float = 2.0  # C

@@ -60,7 +60,7 @@ def _clip_kwargs(cfg: LossConfig) -> dict:
 
 def _trace_kwargs(cfg: LossConfig, horizon: int | None) -> dict:
     return dict(gamma=cfg.gamma, lam=cfg.lam, style=cfg.trace_style, anchor=cfg.trace_anchor, floor=cfg.trace_floor,
-                horizon=horizon)  # fmt: skip
+                horizon=horizon, norm=cfg.trace_norm)  # fmt: skip
 
 
 def _masked_log_ratio(logp, old_logp, mask):

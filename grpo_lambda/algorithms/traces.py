@@ -12,14 +12,22 @@ with, for k < t (token anchor, the paper's definition):
 
 The other anchors measure the lag from a fixed end instead of t, so the weights depend on the key k only:
 
-    sequence  the sequence's last valid index L−1:  recent a^(L−1−k),  both max(a^(L−1−k), a^k),  early a^k
-              (the authors' per-sequence branch, `use_batch_max_for_trace=False`)
     horizon   a fixed horizon n (the run's max response tokens, veRL's padded response width):
               recent a^(n−1−k),  both max(a^(n−k), a^k),  early a^k
               (the authors' default code path, `use_batch_max_for_trace=True`; with n ≫ the response length
               `recent` sits at the floor, ≈ GRPO, and `both` behaves like `early`)
+    sequence  the same formulas with n = L, the response's own length (L − 1 its last valid index):
+              recent a^(L−1−k),  both max(a^(L−k), a^k),  early a^k
+              (the authors' per-sequence branch, `use_batch_max_for_trace=False`; their exponents as written,
+              so `both`'s recent side is a^(L−k), one factor a below `recent`'s a^(L−1−k))
 
 Off-diagonal weights are floored at ``floor`` (authors' code: 1e-7): w ← max(w, floor).
+
+Length-neutral option (``norm="mean"``, `algorithm.trace_norm`): every weight of a sequence is divided by the mean
+of its per-token credits c_k = Σ_{t≥k} w(t, k), m = (1/L) Σ_k c_k, so Σ_k c_k / m = L: the trace then only moves
+credit between early and late tokens of a response and no longer weights long responses more (with the token
+anchor Σ_k c_k grows like L²/2). m depends on the mask and the weights only (no gradient); m = 1 when λ = 0 with
+`recent` (that stays GRPO bit for bit).
 
 Cost is O(B·T) memory and never a T×T matrix:
 - sequence and horizon anchors: w(t, k) depends on k only, so z = x + exclusive-prefix-sum(v ⊙ x),
@@ -41,6 +49,7 @@ import torch
 
 TRACE_STYLES = ("recent", "both", "early")
 TRACE_ANCHORS = ("token", "sequence", "horizon")
+TRACE_NORMS = ("none", "mean")
 
 
 def _check_args(
@@ -52,7 +61,10 @@ def _check_args(
     anchor: str,
     floor: float,
     horizon: int | None = None,
+    norm: str = "none",
 ):
+    if norm not in TRACE_NORMS:
+        raise ValueError(f"unknown trace norm {norm!r}; choose one of {list(TRACE_NORMS)}")
     if style not in TRACE_STYLES:
         raise ValueError(f"unknown trace style {style!r}; choose one of {list(TRACE_STYLES)}")
     if anchor not in TRACE_ANCHORS:
@@ -190,17 +202,50 @@ def lambda_trace(
     anchor: str = "token",
     floor: float = 0.0,
     horizon: int | None = None,
+    norm: str = "none",
 ) -> torch.Tensor:
-    """z[b, t] = Σ_{k≤t, mask[b,k]} w(t, k) · x[b, k] where mask[b, t], else 0 (see the module docstring for w).
+    """z[b, t] = Σ_{k≤t, mask[b,k]} w(t, k) · x[b, k] where mask[b, t], else 0 (see the module docstring for w);
+    with norm="mean" divided by the sequence's mean credit m_b (`trace_mean_weight`).
 
     x: [B, T] float; mask: [B, T] bool or 0/1, right-padded. Returns z with x's shape and dtype, accumulated
     in fp32 (bf16/fp16 inputs are upcast). Differentiable through x; O(B·T) memory; padding never leaks.
     horizon: n of the `horizon` anchor (>= T; None: T, the padded width), ignored by the other anchors.
     """
-    _check_args(x, mask, gamma, lam, style, anchor, floor, horizon)
+    _check_args(x, mask, gamma, lam, style, anchor, floor, horizon, norm)
     valid = mask.to(torch.bool)
-    xf = torch.where(valid, x.to(torch.float32), torch.zeros((), dtype=torch.float32, device=x.device))
-    a = float(gamma) * float(lam)
+    z = _trace(x.to(torch.float32), valid, float(gamma) * float(lam), style, anchor, floor, horizon)
+    if norm == "mean":
+        z = z / _mean_credit(valid, float(gamma) * float(lam), style, anchor, floor, horizon)[:, None]
+    return z.to(x.dtype)
+
+
+def trace_mean_weight(
+    mask: torch.Tensor,
+    *,
+    gamma: float,
+    lam: float,
+    style: str = "recent",
+    anchor: str = "token",
+    floor: float = 0.0,
+    horizon: int | None = None,
+) -> torch.Tensor:
+    """m_b = (1/L_b) Σ_{k valid} c_k with c_k = Σ_{t≥k valid} w(t, k): the mean per-token credit of each sequence,
+    [B] fp32 (1 for an empty row); what norm="mean" divides by. One trace of a vector of ones: O(B·T)."""
+    x = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    _check_args(x, mask, gamma, lam, style, anchor, floor, horizon)
+    return _mean_credit(mask.to(torch.bool), float(gamma) * float(lam), style, anchor, floor, horizon)
+
+
+def _mean_credit(valid, a, style, anchor, floor, horizon) -> torch.Tensor:
+    ones = valid.to(torch.float32)
+    total = _trace(ones, valid, a, style, anchor, floor, horizon).sum(-1)  # Σ_t Σ_{k≤t} w(t, k) = Σ_k c_k
+    length = ones.sum(-1)
+    return torch.where(length > 0, total / length.clamp(min=1), torch.ones_like(total))
+
+
+def _trace(x, valid, a, style, anchor, floor, horizon) -> torch.Tensor:
+    """The un-normalised trace in fp32, 0 on padding."""
+    xf = torch.where(valid, x, torch.zeros((), dtype=torch.float32, device=x.device))
 
     if anchor == "token" and style == "recent":
         z = _token_recent(xf, a, floor)
@@ -208,7 +253,7 @@ def lambda_trace(
         z = _token_both(xf, a, floor)
     else:  # weights that depend on the key k only: token/early and every sequence- or horizon-anchored style
         z = _per_key_trace(xf, _key_weights(valid, a, style, anchor, floor, horizon))
-    return torch.where(valid, z, torch.zeros((), dtype=z.dtype, device=z.device)).to(x.dtype)
+    return torch.where(valid, z, torch.zeros((), dtype=z.dtype, device=z.device))
 
 
 def _key_weights(
@@ -224,8 +269,9 @@ def _key_weights(
         # the authors' exponents, kept exactly: n−1−k for `recent`, n−k for the recent side of `both`
         recent = _powers(a, (n - 1 - k) if style == "recent" else (n - k)).expand(valid.shape)
         v = recent if style == "recent" else torch.maximum(recent, early)
-    else:  # token/early was handled above; sequence: lag to the row's last valid token
-        recent = _powers(a, (_last_valid_index(valid)[:, None] - k).clamp(min=0))
+    else:  # token/early was handled above; sequence: the horizon formulas with n = L = last valid index + 1
+        last = _last_valid_index(valid)[:, None]  # L − 1
+        recent = _powers(a, (last - k if style == "recent" else last + 1 - k).clamp(min=0))
         v = recent if style == "recent" else torch.maximum(recent, early)
     return v.clamp(min=floor) if floor > 0.0 else v
 
@@ -240,14 +286,23 @@ def eligibility_weight(
     anchor: str = "token",
     floor: float = 0.0,
     horizon: int | None = None,
+    norm: str = "none",
     grad: bool = True,
 ) -> torch.Tensor:
-    """ε-weight eligibility E_t = Σ_{k≤t} w(t, k) · (1 + sigmoid(log π_θ(o_k) − 1)).
+    """ε-weight eligibility E_t = Σ_{k≤t} w(t, k) · (1 + sigmoid(log π_θ(o_k) − 1)) (/ m_b with norm="mean").
 
     grad=True (the authors' form): differentiable in logp, so a loss E_t·ℓ_t also sends
     ℓ_t Σ_{k≤t} w(t,k) σ′(log π_θ(o_k) − 1) ∇log π_θ(o_k) to the earlier tokens; grad=False: a constant weight."""
     lp = logp.to(torch.float32)
     per_token = 1.0 + torch.sigmoid((lp if grad else lp.detach()) - 1.0)
     return lambda_trace(
-        per_token, mask, gamma=gamma, lam=lam, style=style, anchor=anchor, floor=floor, horizon=horizon
+        per_token,
+        mask,
+        gamma=gamma,
+        lam=lam,
+        style=style,
+        anchor=anchor,
+        floor=floor,
+        horizon=horizon,
+        norm=norm,
     )

@@ -63,6 +63,9 @@ class AlgorithmConfig(LossConfig):
     dynamic sampling."""
 
     name: str = "grpo_lambda"  # label for run names
+    # Off-policy correction (LossConfig's field, with the run's safe default): auto = tis when the resolved
+    # rollout.max_staleness k >= 1 (samples may be stale), none when k = 0; resolved at start-up (resolve.py)
+    behaviour_is: str = "auto"
     adv_estimator: str = "grpo"  # Â_i = (R_i − mean_G R) / (std_G R + adv_eps); dr_grpo: no std; rloo
     adv_eps: float = 1e-6
     neg_adv_clamp: float | None = -0.1  # Â ← max(Â, c); null = off
@@ -204,6 +207,9 @@ class RewardConfig:
     math_fallback: str = (
         "none"  # math verifier, no \boxed{}: none = unparsable (the authors' grading) | last_number
     )
+    # true: every verifier reads only the answer marker data.prompt_template asks for (\boxed{} or "#### x"), no
+    # fallback; false: the verifier's own rules (gsm8k: ####, box, "answer is", last number). Paper presets: true
+    strict_format: bool = False
 
 
 @dataclass

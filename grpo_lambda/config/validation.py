@@ -83,7 +83,7 @@ def validate(cfg: Config, check_files: bool = True) -> Config:
     _learner(c, cfg)
     _batch_sizes(c, cfg)
     _data(c, cfg.data, check_files)
-    _reward(c, cfg.reward)
+    _reward(c, cfg.reward, cfg.data.prompt_template)
     _eval_trainer(c, cfg, check_files)
     _logger_cluster(c, cfg)
     if c.errors:
@@ -98,14 +98,16 @@ def _algorithm(c: _Checker, a: AlgorithmConfig) -> None:
         KL_ESTIMATORS,
         POLICY_LOSSES,
         TRACE_ANCHORS,
+        TRACE_NORMS,
         TRACE_STYLES,
     )
-    from grpo_lambda.algorithms.loss_config import BEHAVIOUR_IS
+    from grpo_lambda.algorithms.loss_config import BEHAVIOUR_IS, BEHAVIOUR_IS_AUTO
 
     c.choice("algorithm.adv_estimator", a.adv_estimator, ADVANTAGE_ESTIMATORS.names())
     c.choice("algorithm.policy_loss", a.policy_loss, POLICY_LOSSES.names())
     c.choice("algorithm.trace_style", a.trace_style, TRACE_STYLES)
     c.choice("algorithm.trace_anchor", a.trace_anchor, TRACE_ANCHORS)
+    c.choice("algorithm.trace_norm", a.trace_norm, TRACE_NORMS)
     c.choice("algorithm.kl_estimator", a.kl_estimator, KL_ESTIMATORS.names())
     c.choice("algorithm.loss_agg", a.loss_agg, AGGREGATIONS.names())
     c.check(a.adv_eps > 0, "algorithm.adv_eps", a.adv_eps, "must be > 0")
@@ -129,7 +131,7 @@ def _algorithm(c: _Checker, a: AlgorithmConfig) -> None:
     c.check(a.kl_coef >= 0, "algorithm.kl_coef", a.kl_coef, "must be >= 0 (0 = no KL term)")
     c.check(a.entropy_coef >= 0, "algorithm.entropy_coef", a.entropy_coef, "must be >= 0")
     c.check(a.max_log_ratio > 0, "algorithm.max_log_ratio", a.max_log_ratio, "must be > 0")
-    c.choice("algorithm.behaviour_is", a.behaviour_is, BEHAVIOUR_IS)
+    c.choice("algorithm.behaviour_is", a.behaviour_is, (BEHAVIOUR_IS_AUTO, *BEHAVIOUR_IS))
     c.check(a.behaviour_is_cap >= 1, "algorithm.behaviour_is_cap", a.behaviour_is_cap, "must be >= 1")
     c.check(
         a.dynamic_sampling_reward_std_eps >= 0,
@@ -342,8 +344,17 @@ def _data(c: _Checker, d: DataConfig, check_files: bool) -> None:
         c.choice("data.arithmetic.style", a.style, STYLES)
 
 
-def _reward(c: _Checker, r: RewardConfig) -> None:
+def _reward(c: _Checker, r: RewardConfig, prompt_template: str) -> None:
+    from grpo_lambda.data.templates import PROMPT_TEMPLATES, answer_format
     from grpo_lambda.rewards.verifiers import MATH_FALLBACKS, VERIFIERS
+
+    if r.strict_format and prompt_template in PROMPT_TEMPLATES:  # an unknown template is reported by _data
+        try:
+            answer_format(prompt_template, True)
+        except ValueError as exc:
+            c.fail(f"{exc} (data.prompt_template)")
+        c.check(r.math_fallback == "none", "reward.math_fallback", r.math_fallback,
+                "must be none with reward.strict_format=true (strict grading reads only the prompt's marker)")  # fmt: skip
 
     names = sorted(VERIFIERS)
     c.choice("reward.math_fallback", r.math_fallback, MATH_FALLBACKS)

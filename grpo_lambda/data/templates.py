@@ -10,15 +10,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grpo_lambda.data.jsonl import DataError
+from grpo_lambda.rewards.spec import BOXED, HASHES  # the answer markers strict grading reads
 
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """``user`` (and optional ``system``) text; ``{problem}`` is replaced literally (LaTeX braces are safe)."""
+    """``user`` (and optional ``system``) text; ``{problem}`` is replaced literally (LaTeX braces are safe).
+    ``answer_marker``: how the prompt asks for the final answer (``boxed``: ``\\boxed{}``; ``####``: after
+    ``#### ``; None: it does not say), what ``reward.strict_format`` grades."""
 
     name: str
     user: str
     system: str | None = None
+    answer_marker: str | None = BOXED
 
     def messages(self, problem: str) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
@@ -55,9 +59,11 @@ PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
         PromptTemplate("steps_example", "{problem}\n" + STEPS_EXAMPLE),
         # veRL's GSM8K prompt: the answer follows "####".
         PromptTemplate(
-            "gsm8k", '{problem} Let\'s think step by step and output the final answer after "####".'
+            "gsm8k",
+            '{problem} Let\'s think step by step and output the final answer after "####".',
+            answer_marker=HASHES,
         ),
-        PromptTemplate("plain", "{problem}"),
+        PromptTemplate("plain", "{problem}", answer_marker=None),
     )
 }
 
@@ -66,6 +72,18 @@ def get_template(name: str) -> PromptTemplate:
     if name not in PROMPT_TEMPLATES:
         raise KeyError(f"unknown prompt template {name!r}; known: {', '.join(PROMPT_TEMPLATES)}")
     return PROMPT_TEMPLATES[name]
+
+
+def answer_format(template: str, strict: bool) -> str | None:
+    """What the verifiers read as the final answer: with ``strict`` (``reward.strict_format``) only the marker the
+    prompt template asks for (``boxed`` or ``####``), else None (each verifier's own rules and fallbacks)."""
+    if not strict:
+        return None
+    marker = get_template(template).answer_marker
+    if marker is None:
+        raise ValueError(f"reward.strict_format=true needs a prompt template that asks for an answer marker; "
+                         f"{template!r} does not (use one of {', '.join(n for n, t in PROMPT_TEMPLATES.items() if t.answer_marker)})")  # fmt: skip
+    return marker
 
 
 @dataclass

@@ -34,8 +34,10 @@ def eval_spec(cfg: Config, seed: int | None) -> SamplingSpec:
 class Evaluator:
     """The rollout engines (`RolloutGroup`) and the verifier pool (`VerifierPool`) of a run, used for evaluation."""
 
-    def __init__(self, rollout, verifier, reward: RewardConfig):
+    def __init__(self, rollout, verifier, reward: RewardConfig, answer_format: str | None = None):
+        """answer_format: strict grading's one answer marker (data.templates.answer_format), None = lenient."""
         self.rollout, self.verifier, self.reward = rollout, verifier, reward
+        self.answer_format = answer_format
 
     def sample(self, prompts: Sequence[Prompt], spec: SamplingSpec) -> list[dict[str, Any]]:
         """Generate `spec.n` responses per prompt and grade each: one record per response, prompt-major."""
@@ -44,14 +46,15 @@ class Evaluator:
         pairs = [(p, i, s) for p, group in zip(prompts, groups) for i, s in enumerate(group)]
         results = self.verifier.score(
             [VerifyRequest(response=s.text, answer=p.answer, verifier=p.verifier, correct=rw.correct,
-                           wrong=rw.wrong, format_weight=rw.format_weight, math_fallback=rw.math_fallback)
+                           wrong=rw.wrong, format_weight=rw.format_weight, math_fallback=rw.math_fallback,
+                           answer_format=self.answer_format)
              for p, _, s in pairs]
         )  # fmt: skip
         records = []
         for (p, i, s), r in zip(pairs, results):
             rec = {
                 "dataset": p.dataset, "id": p.id, "sample": i, "prompt": p.text, "response": s.text,
-                "extracted": extract_answer(s.text, p.verifier, rw.math_fallback), "gold": p.answer,
+                "extracted": extract_answer(s.text, p.verifier, rw.math_fallback, self.answer_format), "gold": p.answer,
                 "verifier": p.verifier, "outcome": r.outcome, "reward": r.reward,
                 "response_tokens": len(s.response_ids), "truncated": s.finish_reason == "length",
             }  # fmt: skip
@@ -93,8 +96,8 @@ class Evaluator:
         if not pairs:
             return set()
         results = self.verifier.score(
-            [VerifyRequest(response=f"\\boxed{{{a}}}", answer=b, verifier=v, math_fallback=self.reward.math_fallback)
-             for v, a, b in pairs]
+            [VerifyRequest(response=f"\\boxed{{{a}}}", answer=b, verifier=v, answer_format="boxed")
+             for v, a, b in pairs]  # answer a, boxed, graded against b: strict or not, the box is what is read
         )  # fmt: skip
         return {pair for pair, r in zip(pairs, results) if r.outcome == "correct"}
 

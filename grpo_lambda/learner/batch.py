@@ -233,11 +233,19 @@ def split_batch(batch: LearnerBatch, size: int, *, what: str = "micro_batch_samp
     return [batch.select(slice(i, i + size)) for i in range(0, len(batch), size)]
 
 
-def mini_batch_counts(batch: LearnerBatch, mini_batch_samples: int) -> list[MiniBatchCounts]:
-    """Global normalisers per mini-batch, computed before sharding (so no all-reduce is needed on the ranks)."""
+def mini_batch_counts(
+    batch: LearnerBatch, mini_batch_samples: int, keep: Tensor | None = None
+) -> list[MiniBatchCounts]:
+    """Global normalisers per mini-batch, computed before sharding (so no all-reduce is needed on the ranks).
+
+    keep: [B] bool, the sequences that stay in the loss (algorithm.behaviour_is=mis / seq_filter drop the others:
+    their tokens and sequences leave the normalisers); None = all. A mini-batch that keeps nothing counts 1."""
+    minis = split_batch(batch, mini_batch_samples, what="mini_batch_samples")
+    keep = torch.ones(len(batch), dtype=torch.bool) if keep is None else keep.to(torch.bool).cpu()
+    kept = keep.view(len(minis), mini_batch_samples)
     return [
-        MiniBatchCounts(num_tokens=mb.num_tokens, num_seqs=len(mb))
-        for mb in split_batch(batch, mini_batch_samples, what="mini_batch_samples")
+        MiniBatchCounts(num_tokens=max(int(mb.response_mask[k].sum()), 1), num_seqs=max(int(k.sum()), 1))
+        for mb, k in zip(minis, kept)
     ]
 
 

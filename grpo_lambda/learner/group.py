@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from grpo_lambda.algorithms.is_correction import sequence_keep
+from grpo_lambda.algorithms.loss_config import SEQUENCE_IS
 from grpo_lambda.compat import actor_id_hex
 from grpo_lambda.config.schema import Config
 from grpo_lambda.distributed.actor_group import ActorGroup
@@ -187,9 +189,11 @@ class LearnerGroup:
 
     # ------------------------------------------------------------------------------------------- the step
     def needs_old_logp(self, num_samples: int) -> bool:
-        """θ_old needs its own forward only with more than one update per rollout batch (otherwise the first and
-        only update runs at θ = θ_old, and old_logp = logp.detach())."""
-        return num_samples > self.cfg.learner.mini_batch_samples or self.cfg.learner.epochs_per_batch > 1
+        """θ_old needs its own forward with more than one update per rollout batch (otherwise the first and only
+        update runs at θ = θ_old, and old_logp = logp.detach()), and when algorithm.behaviour_is drops sequences
+        (mis, seq_filter: which ones, and so the normalisers, depend on π_old before the update)."""
+        return (num_samples > self.cfg.learner.mini_batch_samples or self.cfg.learner.epochs_per_batch > 1
+                or self.cfg.algorithm.behaviour_is in SEQUENCE_IS)  # fmt: skip
 
     def compute_logp(self, batch: LearnerBatch, *, reference: bool = False) -> Tensor:
         """log-probs [B, T] (fp32, CPU) of batch's responses under the current policy (θ_old if called before
@@ -214,7 +218,17 @@ class LearnerGroup:
         learner.micro_batch_tokens each rank's micro-batches are planned here too (same count on every rank)."""
         learner = self.cfg.learner
         mini, micro = learner.mini_batch_samples, learner.micro_batch_samples
-        counts = mini_batch_counts(batch, mini)
+        a = self.cfg.algorithm
+        keep = None
+        # dropped sequences leave the normalisers (the loss drops them alike)
+        if a.behaviour_is in SEQUENCE_IS:
+            if batch.old_logp is None:
+                raise ValueError(
+                    f"algorithm.behaviour_is={a.behaviour_is} needs old_logp: compute_logp(batch) first"
+                )
+            keep = sequence_keep(batch.old_logp, batch.behaviour_logp, batch.response_mask, a.behaviour_is,
+                                 a.behaviour_is_cap)  # fmt: skip
+        counts = mini_batch_counts(batch, mini, keep)
         shards = shard_for_data_parallel(batch, self.world_size, mini)
         kwargs = [{} for _ in shards]
         if learner.micro_batch_tokens:  # each rank's shard holds its rows of every mini-batch, in order

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from grpo_lambda.algorithms import behaviour_mismatch, grpo_lambda_loss
+from grpo_lambda.algorithms.loss_config import BEHAVIOUR_IS_AUTO
 from grpo_lambda.compat import deepspeed_records_grad_norm, full_numel
 from grpo_lambda.config.schema import Config
 
@@ -77,6 +78,12 @@ class LearnerWorker:
         from grpo_lambda.distributed.rendezvous import default_backend
 
         learner, model_cfg = cfg.learner, cfg.model
+        if cfg.algorithm.behaviour_is == BEHAVIOUR_IS_AUTO:
+            raise ValueError(
+                "algorithm.behaviour_is='auto' is resolved where the run lands (the Trainer calls "
+                "grpo_lambda.config.resolve.resolve_runtime before the learner starts); a learner used on its own "
+                "needs an explicit none | tis | mis | seq_filter"
+            )
         init_distributed(default_backend(self.device.type) if learner.backend == "auto" else learner.backend)
         self.cfg = cfg
         torch.manual_seed(cfg.trainer.seed)

@@ -33,13 +33,21 @@ def last_boxed(text: str) -> str | None:
     ``\\boxed 5`` form. An unclosed last box (a truncated response) gives None. Raises ``AnswerRejected`` when
     the content exceeds ``MAX_ANSWER_CHARS`` or ``MAX_BRACE_DEPTH``; the scan never reads past those caps.
     """
+    span = last_boxed_span(text)
+    return None if span is None else text[span[1] : span[2]]
+
+
+def last_boxed_span(text: str) -> tuple[int, int, int, int] | None:
+    """Where `last_boxed` finds its answer: (marker start, content start, content end, marker end), with
+    ``text[content start:content end]`` the content and ``text[marker start:marker end]`` the whole box
+    (``\\boxed{...}`` or ``\\boxed 5``); None and ``AnswerRejected`` as `last_boxed`."""
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if start < 0:
         return None
     i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
     if i < len(text) and text[i] == " ":
         m = re.match(rf" +([^\s$]{{1,{MAX_ANSWER_CHARS}}})", text[i : i + MAX_ANSWER_CHARS + 64])
-        return m.group(1) if m else None
+        return (start, i + m.start(1), i + m.end(1), i + m.end(1)) if m else None
     if i >= len(text) or text[i] != "{":
         return None
     depth = 0
@@ -53,7 +61,7 @@ def last_boxed(text: str) -> str | None:
         elif ch == "}":
             depth -= 1
             if depth == 0:
-                return text[i + 1 : k]
+                return start, i + 1, k, k + 1
     if end < len(text):
         raise AnswerRejected(f"boxed answer longer than {MAX_ANSWER_CHARS} characters")
     return None
@@ -96,8 +104,15 @@ _GSM8K_HASH_RE = re.compile(r"####\s*([^\n]{1,200})")
 
 def gsm8k_marker(text: str) -> str | None:
     """The text after the last ``#### `` marker (GSM8K's own answer format), else None."""
-    found = _GSM8K_HASH_RE.findall(text[-_TAIL_CHARS:])
-    return found[-1].strip() if found else None
+    span = gsm8k_marker_span(text)
+    return None if span is None else text[span[1] : span[2]].strip()
+
+
+def gsm8k_marker_span(text: str) -> tuple[int, int, int] | None:
+    """Where `gsm8k_marker` finds its answer (in the last ``_TAIL_CHARS`` of ``text``): (``####`` start, answer
+    start, answer end), else None."""
+    matches = list(_GSM8K_HASH_RE.finditer(text, max(0, len(text) - _TAIL_CHARS)))
+    return (matches[-1].start(), matches[-1].start(1), matches[-1].end(1)) if matches else None
 
 
 def check_answer_size(answer: str) -> str:

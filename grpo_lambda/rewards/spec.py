@@ -18,6 +18,11 @@ OUTCOMES = (CORRECT, WRONG, UNPARSABLE, TIMEOUT, ERROR)
 """
 
 
+# The answer markers strict grading reads (reward.strict_format; a prompt template says which one it asks for).
+BOXED, HASHES = "boxed", "####"
+ANSWER_FORMATS = (BOXED, HASHES)
+
+
 @dataclass(frozen=True)
 class VerifyRequest:
     """One check: grade ``response`` (untrusted model text) against the gold ``answer`` with ``verifier``."""
@@ -31,6 +36,9 @@ class VerifyRequest:
     math_fallback: str = (
         "none"  # the math verifier, for a response without \boxed{}: none (unparsable) | last_number
     )
+    # strict grading (reward.strict_format): the only answer marker read, "boxed" | "####"; None = each
+    # verifier's own rules (math: the last box, then math_fallback; gsm8k: ####, box, "answer is", last number)
+    answer_format: str | None = None
 
 
 @dataclass(frozen=True)

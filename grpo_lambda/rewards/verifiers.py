@@ -6,6 +6,7 @@ and reject unsafe strings (``equivalence.prepare_answer``), decide exact forms o
 (normal-form string equality, base-b numerals, exact or relative-tolerance number equality) and only then ask
 math-verify (``equivalence.equivalent``: fractions, LaTeX, sets, intervals, tuples, equations, text answers).
 ``verify_gsm8k``: exact numeric equality. ``format_reward``: a closed, non-empty ``\\boxed{}``.
+Strict grading (``answer_format``, from ``reward.strict_format``): only the marker the prompt asked for is read.
 A verifier raises only for a bad *gold* answer; ``check`` turns any exception into outcome ``error``.
 They have no timeout of their own: run them through ``VerifierPool`` / ``SubprocessWorkers``.
 """
@@ -38,7 +39,16 @@ from grpo_lambda.rewards.extract import (
     normalize_answer,
     response_tail,
 )
-from grpo_lambda.rewards.spec import CORRECT, ERROR, UNPARSABLE, WRONG, VerifyRequest, VerifyResult
+from grpo_lambda.rewards.spec import (
+    ANSWER_FORMATS,
+    BOXED,
+    CORRECT,
+    ERROR,
+    UNPARSABLE,
+    WRONG,
+    VerifyRequest,
+    VerifyResult,
+)
 
 __all__ = [
     "GoldAnswerError",
@@ -70,6 +80,21 @@ def extract_math_answer(response: str, fallback: str = "none") -> str | None:
     return (answer_phrase(text) or last_number(text)) if fallback == "last_number" else None
 
 
+def extract_marked(response: str, answer_format: str) -> str | None:
+    """Strict extraction: the last ``\\boxed{}`` (``boxed``) or the text after the last ``#### `` (``####``), and
+    nothing else — "She has 18 apples left." has no answer. An empty or unclosed marker is no answer either."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer format {answer_format!r} is not one of {', '.join(ANSWER_FORMATS)}")
+    text = response_tail(response)
+    found = last_boxed(text) if answer_format == BOXED else gsm8k_marker(text)
+    return found.strip() or None if found is not None else None
+
+
+def _extractor(answer_format: str | None, lenient):
+    """The strict extractor of ``answer_format``, or the verifier's own ``lenient`` one when it is None."""
+    return lenient if answer_format is None else (lambda text: extract_marked(text, answer_format))
+
+
 def _extract_prepared(response: object, extract) -> tuple[str, str] | None:
     """(extracted answer, its prepared form) of a string response; None when it is not a string, has no answer
     or the answer is rejected (too long, too deeply nested)."""
@@ -82,12 +107,17 @@ def _extract_prepared(response: object, extract) -> tuple[str, str] | None:
         return None
 
 
-def verify_math(response: object, answer: str, fallback: str = "none") -> tuple[float, str]:
+def verify_math(
+    response: object, answer: str, fallback: str = "none", answer_format: str | None = None
+) -> tuple[float, str]:
     """Grade a MATH-style response against a gold answer: ``(1.0, "correct")`` or ``(0.0, outcome)``.
 
-    An unboxed response is ``unparsable`` unless ``fallback="last_number"`` (see ``extract_math_answer``)."""
+    An unboxed response is ``unparsable`` unless ``fallback="last_number"`` (see ``extract_math_answer``);
+    ``answer_format`` (strict grading) reads only that marker (``extract_marked``) and ignores ``fallback``."""
     gold = prepare_gold(answer)
-    found = _extract_prepared(response, lambda text: extract_math_answer(text, fallback))
+    found = _extract_prepared(
+        response, _extractor(answer_format, lambda text: extract_math_answer(text, fallback))
+    )
     if found is None or not found[1]:
         return 0.0, UNPARSABLE
     extracted, pred = found
@@ -131,12 +161,14 @@ def extract_gsm8k_answer(response: str) -> str | None:
     return None
 
 
-def verify_gsm8k(response: object, answer: str) -> tuple[float, str]:
-    """Exact numeric grading (GSM8K): the extracted number must equal the gold number (``18.00`` = ``18``)."""
+def verify_gsm8k(response: object, answer: str, answer_format: str | None = None) -> tuple[float, str]:
+    """Exact numeric grading (GSM8K): the extracted number must equal the gold number (``18.00`` = ``18``).
+    The answer is ``extract_gsm8k_answer``'s (``####``, boxed, "answer is", last number), or with ``answer_format``
+    only that marker's."""
     gold = as_number(prepare_gold(answer))
     if gold is None:
         raise GoldAnswerError(f"gsm8k gold answer {str(answer)[:200]!r} is not a number")
-    found = _extract_prepared(response, extract_gsm8k_answer)
+    found = _extract_prepared(response, _extractor(answer_format, extract_gsm8k_answer))
     if found is None:
         return 0.0, UNPARSABLE
     pred = found[1]
@@ -149,14 +181,16 @@ def verify_gsm8k(response: object, answer: str) -> tuple[float, str]:
     return (1.0, CORRECT) if value == gold else (0.0, WRONG)
 
 
-def extract_answer(response: object, verifier: str = "math", fallback: str = "none") -> str | None:
+def extract_answer(
+    response: object, verifier: str = "math", fallback: str = "none", answer_format: str | None = None
+) -> str | None:
     """The final answer `verifier` would grade in `response` (string handling only, no sympy: safe to call in
     the driver), for evaluation records and majority votes; None when there is none or it is rejected."""
     if not isinstance(response, str):
         return None
     extract = {
-        "math": lambda text: extract_math_answer(text, fallback),
-        "gsm8k": extract_gsm8k_answer,
+        "math": _extractor(answer_format, lambda text: extract_math_answer(text, fallback)),
+        "gsm8k": _extractor(answer_format, extract_gsm8k_answer),
         "format": lambda text: last_boxed(response_tail(text)),
     }.get(verifier)
     if extract is None:
@@ -207,6 +241,8 @@ def check(request: VerifyRequest) -> VerifyResult:
     try:
         verifier = get_verifier(request.verifier)
         options = {"fallback": request.math_fallback} if verifier is verify_math else {}
+        if verifier in (verify_math, verify_gsm8k):
+            options["answer_format"] = request.answer_format
         score, outcome = verifier(request.response, request.answer, **options)
         reward = request.wrong + (request.correct - request.wrong) * score
         if request.format_weight:

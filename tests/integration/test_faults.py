@@ -198,7 +198,7 @@ WARMUP = 4  # linear warm-up: a skipped step must not advance it
 
 def learner_config(model_dir, stage: int, dtype: str, **learner) -> Config:
     return Config(model=ModelConfig(path=str(model_dir), dtype=dtype, max_response_tokens=16),
-                  algorithm=AlgorithmConfig(kl_coef=0.0),
+                  algorithm=AlgorithmConfig(kl_coef=0.0, behaviour_is="none"),
                   learner=LearnerConfig(world_size=2, zero_stage=stage, lr=LR, lr_schedule="linear_warmup",
                                         warmup_steps=WARMUP, **{"mini_batch_samples": 8, "micro_batch_samples": 2,
                                                                 **learner}))  # fmt: skip

@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 
-from grpo_lambda.algorithms import grpo_lambda_loss
+from grpo_lambda.algorithms import grpo_lambda_loss, sequence_keep
 from grpo_lambda.config import AlgorithmConfig, Config, LearnerConfig, ModelConfig
 from grpo_lambda.learner import build_batch
 from grpo_lambda.learner.model import load_causal_lm, response_logp
@@ -68,6 +68,7 @@ def reference_step(model_dir, batch, loss_cfg):
         loss_cfg,
         ref_logp=batch.ref_logp,
         horizon=H,
+        behaviour_logp=batch.behaviour_logp,
     )
     loss.backward()
     named = dict(model.named_parameters(remove_duplicate=False))
@@ -107,6 +108,10 @@ INVARIANCE_CASES = [
     (3, dict(loss_agg="seq-mean-token-sum-norm"), dict(micro_batch_tokens=24)),
     # group packing: each rank's two prompt groups of 2 are packed rows (prompt once, both responses after it)
     (2, dict(loss_agg="token-mean", trace_anchor="horizon"), dict(micro_batch_tokens=40, pack_groups=True)),
+    # the length-neutral trace: each sequence's own mean credit, whatever the micro-batch and rank
+    (1, dict(loss_agg="token-mean", trace_norm="mean", trace_anchor="sequence"), {}),
+    # masked IS: the driver counts the kept sequences only (sequence_keep), the ranks drop the others alike
+    (2, dict(loss_agg="seq-mean-token-mean", behaviour_is="mis", behaviour_is_cap=1.5), {}),
 ]
 
 
@@ -121,8 +126,10 @@ def test_two_ranks_two_micro_batches_equal_the_full_batch_gradient(
 
     model_dir = str(tiny_model_dir)
 
-    loss_cfg = AlgorithmConfig(kl_coef=0.1, **loss)
+    loss_cfg = AlgorithmConfig(**{"kl_coef": 0.1, "behaviour_is": "none", **loss})
     batch = with_ref_logp(make_batch(8, group=2 if learner.get("pack_groups") else 1), model_dir)
+    if loss_cfg.behaviour_is != "none":  # an engine whose log-probs differ from θ_old's
+        batch = batch.replace(behaviour_logp=with_ref_logp(batch, model_dir, seed=1).ref_logp)
     ref_weights, ref_grads, ref_norm, ref_loss = reference_step(model_dir, batch, loss_cfg)
 
     # 8 samples = 2 ranks x 2 micro-batches x 2 samples: DeepSpeed GAS = 2
@@ -130,7 +137,12 @@ def test_two_ranks_two_micro_batches_equal_the_full_batch_gradient(
                      mini_batch_samples=8, micro_batch_samples=2, **learner)  # fmt: skip
     group = LearnerGroup(cfg, model_dir)
     try:
-        assert not group.needs_old_logp(len(batch))  # one update: θ_old = θ, no extra forward
+        # one update: θ_old = θ, no extra forward, unless sequences are dropped (the normalisers need π_old first)
+        assert group.needs_old_logp(len(batch)) == (loss_cfg.behaviour_is == "mis")
+        if loss_cfg.behaviour_is == "mis":
+            batch = batch.replace(old_logp=group.compute_logp(batch))
+            keep = sequence_keep(batch.old_logp, batch.behaviour_logp, batch.response_mask, "mis", 1.5)
+            assert 0 < int(keep.sum()) < len(batch)  # some sequences are dropped, some kept
         if learner:  # the log-prob pass takes the same length-aware plan: rows come back in their order
             with torch.no_grad():
                 expected_logp, _ = response_logp(load_causal_lm(model_dir, dtype="float32"), batch)
@@ -162,7 +174,7 @@ def test_checkpoint_resume_and_synced_weights(ray_local, tiny_tied_model_dir, tm
 
     tied_model_dir = str(tiny_tied_model_dir)
 
-    cfg = run_config(tied_model_dir, "bfloat16", AlgorithmConfig(kl_coef=0.01), zero_stage=3, lr=1e-3,
+    cfg = run_config(tied_model_dir, "bfloat16", AlgorithmConfig(kl_coef=0.01, behaviour_is="none"), zero_stage=3, lr=1e-3,
                      lr_schedule="linear_warmup", warmup_steps=3, mini_batch_samples=4, micro_batch_samples=1)  # fmt: skip
     batch1, batch2 = make_batch(8, seed=1), make_batch(8, seed=2)
     ckpt = tmp_path / "ckpt"
@@ -226,7 +238,7 @@ def test_single_process_worker_without_ray(tiny_model_dir, tmp_path):
     """LearnerWorker at world_size 1 (no Ray): 4 micro-batches accumulate to the full-batch gradient too.
     Runs in a subprocess so torch.distributed state does not leak into the test process."""
     model_dir = str(tiny_model_dir)
-    loss_cfg = AlgorithmConfig(kl_coef=0.1)
+    loss_cfg = AlgorithmConfig(kl_coef=0.1, behaviour_is="none")
     batch = with_ref_logp(make_batch(8), model_dir)
     ref_weights, ref_grads, ref_norm, _ = reference_step(model_dir, batch, loss_cfg)
     torch.save({"batch": batch.__dict__}, tmp_path / "batch.pt")
@@ -237,7 +249,7 @@ def test_single_process_worker_without_ray(tiny_model_dir, tmp_path):
         from grpo_lambda.learner import LearnerBatch, LearnerWorker, mini_batch_counts
         batch = LearnerBatch(**torch.load({str(tmp_path / "batch.pt")!r}, weights_only=True)["batch"])
         # Configured for GAS 2: train_step(mini 8, micro 2) must re-program DeepSpeed to GAS 4 (else it steps early).
-        cfg = Config(model=ModelConfig(path={model_dir!r}, dtype="float32"), algorithm=AlgorithmConfig(kl_coef=0.1),
+        cfg = Config(model=ModelConfig(path={model_dir!r}, dtype="float32"), algorithm=AlgorithmConfig(kl_coef=0.1, behaviour_is="none"),
                      learner=LearnerConfig(world_size=1, zero_stage=2, optimizer="sgd", lr={LR}, grad_clip=0.0,
                                            mini_batch_samples=4, micro_batch_samples=2))
         worker = LearnerWorker(rank=0, world_size=1)
@@ -270,7 +282,7 @@ def test_learner_group_on_its_own_placement_keeps_role_resources(ray_local, tiny
     from grpo_lambda.distributed.placement import PlacementError
     from grpo_lambda.learner.group import LearnerGroup
 
-    cfg = run_config(tiny_model_dir, "float32", AlgorithmConfig(), world_size=1)
+    cfg = run_config(tiny_model_dir, "float32", AlgorithmConfig(behaviour_is="none"), world_size=1)
     cfg.cluster = ClusterConfig(role_resources={"learner": {"gpu_node_missing": 1.0}})
     with pytest.raises(PlacementError, match="gpu_node_missing"):
         LearnerGroup(cfg, str(tiny_model_dir))

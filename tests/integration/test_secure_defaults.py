@@ -88,12 +88,12 @@ RESUME = textwrap.dedent(
     from pathlib import Path
     from torch.serialization import get_unsafe_globals_in_checkpoint
     from grpo_lambda.compat import deepspeed_checkpoint_globals, weights_only_torch_load
-    from grpo_lambda.config import Config, LearnerConfig, ModelConfig
+    from grpo_lambda.config import AlgorithmConfig, Config, LearnerConfig, ModelConfig
     from grpo_lambda.export import ExportError, gather_fp32_state_dict
     from grpo_lambda.learner import LearnerWorker
 
     model_dir, root = sys.argv[1], Path(sys.argv[2])
-    cfg = Config(model=ModelConfig(path=model_dir, dtype="float32"),
+    cfg = Config(model=ModelConfig(path=model_dir, dtype="float32"), algorithm=AlgorithmConfig(behaviour_is="none"),
                  learner=LearnerConfig(world_size=1, zero_stage=2, mini_batch_samples=2, micro_batch_samples=2))
     worker = LearnerWorker(rank=0, world_size=1)
     worker.init(model_dir, cfg)

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import yaml
 
 from grpo_lambda.config import load_config
 
@@ -65,6 +66,9 @@ def test_steps_run_sync_and_resume_exactly(ray_local, tmp_path):
                           "engine_idle")  # measured on the engine, not a phase of the driver
             }  # fmt: skip
             assert metrics["rollout/staleness_max"] == 0  # synchronous: sampled by the learner's own weights
+            # the per-token credit of the step (GRPO-λ `both`, λ = 0.99: early tokens weigh more than late ones)
+            assert metrics["credit/decile_0"] > metrics["credit/decile_9"] > 0
+            assert metrics["credit/first_last_ratio"] > 1 and 0 < metrics["credit/effective_token_frac"] <= 1
             assert metrics["time/other_s"] < 0.25 * metrics["time/step_s"]
         assert trainer.weight_sync.version == 3
     finally:
@@ -76,6 +80,8 @@ def test_steps_run_sync_and_resume_exactly(ray_local, tmp_path):
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000002"
     assert (run_dir / "reward_curve.png").stat().st_size > 0
     assert [m["step"] for m in read_metrics(run_dir)] == [1, 2]
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert recorded["algorithm"]["behaviour_is"] == "none"  # auto, on-policy: GRPO's loss bit for bit
 
     resumed = make_trainer(split_dir, "trainer.total_steps=3", "trainer.save_every_steps=0")
     try:
@@ -90,13 +96,20 @@ def test_steps_run_sync_and_resume_exactly(ray_local, tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_async_rollout_keeps_staleness_bounded_and_resumes_with_samples_in_flight(ray_local, tmp_path):
+def test_async_rollout_keeps_staleness_bounded_and_resumes_with_samples_in_flight(
+    ray_local, tmp_path, capsys
+):
     """rollout.max_staleness=1: batch s+1 is generated while step s trains, so from step 2 on every sample is one
-    version old; TIS corrects for it. Four uninterrupted steps vs two + resume=auto + two: the same prompts
-    trained at each step (batches.jsonl), the same weights versions, and identical metrics after the resume."""
-    common = ("rollout.max_staleness=1", "learner.micro_batch_tokens=64", "algorithm.behaviour_is=tis")
+    version old; TIS corrects for it (algorithm.behaviour_is=auto resolves to tis, says so at start-up and records
+    it in config.yaml; its metrics are logged every step). Four uninterrupted steps vs two + resume=auto + two: the
+    same prompts trained at each step (batches.jsonl), the same weights versions, and identical metrics after the
+    resume."""
+    common = ("rollout.max_staleness=1", "learner.micro_batch_tokens=64")
     full_dir, split_dir = tmp_path / "full", tmp_path / "split"
     make_trainer(full_dir, *common, "trainer.total_steps=4", "trainer.save_every_steps=0").run()
+    assert "algorithm.behaviour_is=auto -> tis" in capsys.readouterr().out
+    recorded = yaml.safe_load((full_dir / "cpu_tiny_test/config.yaml").read_text())
+    assert (recorded["algorithm"]["behaviour_is"], recorded["rollout"]["max_staleness"]) == ("tis", 1)
     make_trainer(split_dir, *common, "trainer.total_steps=2", "trainer.save_every_steps=2").run()
     driver = json.loads((split_dir / "cpu_tiny_test/checkpoints/step_000002/driver.json").read_text())
     assert [b["step"] for b in driver["in_flight"]] == [2]  # step 3's batch was generated before the save
@@ -113,6 +126,7 @@ def test_async_rollout_keeps_staleness_bounded_and_resumes_with_samples_in_fligh
     for m in full:
         assert "time/learner_wait_s" in m and "time/generate_s" not in m and m["rollout/generate_s"] > 0
         assert m["learner/is_weight_mean"] > 0 and m["rollout/dropped_stale"] == 0
+        assert {"learner/is_weight_max", "learner/is_truncated_frac"} <= m.keys()
     for key in ("reward/mean", "response/length_mean", "learner/loss", "learner/grad_norm",
                 "learner/is_weight_mean", "rollout/staleness_mean"):  # fmt: skip
         assert [m[key] for m in split[2:]] == pytest.approx([m[key] for m in full[2:]], rel=1e-4, abs=1e-6), (

@@ -454,11 +454,16 @@ def test_paper_presets_match_the_authors_runs(preset, algorithm):
     if algorithm == "grpo":
         assert (a.policy_loss, a.lam) == ("ppo", 0.0)
         return
-    assert (a.policy_loss, a.lam, a.trace_style, a.neg_adv_clamp) == ("trace", 0.99, "both", -0.1)
-    if preset == "paper_authors_code":
-        assert (a.trace_anchor, a.trace_floor) == ("horizon", 1e-7)
-    else:
-        assert (a.trace_anchor, a.trace_floor) == ("token", 0.0)
+    assert (a.policy_loss, a.lam) == ("trace", 0.99)
+    if preset == "paper_authors_code":  # the script as written: tests/unit/test_presets.py
+        assert (a.trace_anchor, a.trace_floor, a.trace_style, a.neg_adv_clamp) == (
+            "horizon",
+            1e-7,
+            "recent",
+            -1000.0,
+        )
+    else:  # the paper's text
+        assert (a.trace_anchor, a.trace_floor, a.trace_style, a.neg_adv_clamp) == ("token", 0.0, "both", -0.1)
 
 
 def test_the_old_paper_preset_is_gone():

@@ -17,6 +17,7 @@ from grpo_lambda.algorithms import (
     kl_penalty,
     token_logp_from_logits,
 )
+from grpo_lambda.algorithms.dense_reference import dense_trace_weights
 
 
 def make_batch(seed=0, batch=6, horizon=23):
@@ -92,12 +93,15 @@ def test_ppo_loss_matches_loop(dual_clip_c):
     assert 0 < metrics["learner/clip_frac"].item() < 1
 
 
-def test_lambda_zero_recent_trace_is_grpo_exactly():
+@pytest.mark.parametrize("norm", ["none", "mean"])
+def test_lambda_zero_recent_trace_is_grpo_exactly(norm):
     logp, old, ref, adv, mask = make_batch(2)
     grads = {}
     for name, cfg in {
         "ppo": LossConfig(policy_loss="ppo", kl_coef=0.001),
-        "trace": LossConfig(policy_loss="trace", lam=0.0, trace_style="recent", kl_coef=0.001),
+        "trace": LossConfig(
+            policy_loss="trace", lam=0.0, trace_style="recent", kl_coef=0.001, trace_norm=norm
+        ),
     }.items():
         loss, _ = grpo_lambda_loss(logp, old, adv, mask, cfg, ref_logp=ref)
         (g,) = torch.autograd.grad(loss, logp)
@@ -108,8 +112,10 @@ def test_lambda_zero_recent_trace_is_grpo_exactly():
 
 @pytest.mark.parametrize("style", ["recent", "both", "early"])
 @pytest.mark.parametrize("anchor", ["token", "sequence", "horizon"])
-def test_trace_gradient_at_theta_old_is_eligibility_trace(style, anchor):
-    """At θ = θ_old: ∇ loss = −(1/N) Σ_{b,t} Â_b Σ_{k≤t} w(t,k) ∇log π_θ(o_k), through a real parameterisation."""
+@pytest.mark.parametrize("norm", ["none", "mean"])
+def test_trace_gradient_at_theta_old_is_eligibility_trace(style, anchor, norm):
+    """At θ = θ_old: ∇ loss = −(1/N) Σ_{b,t} Â_b Σ_{k≤t} w(t,k) ∇log π_θ(o_k), through a real parameterisation
+    (norm="mean": w / m_b, each sequence's credits summing to its length)."""
     gen = torch.Generator().manual_seed(9)
     batch, horizon, vocab, dim = 4, 17, 11, 5
     mask = ragged_mask(batch, horizon, gen)
@@ -124,12 +130,18 @@ def test_trace_gradient_at_theta_old_is_eligibility_trace(style, anchor):
 
     logp = logp_of(weight)
     cfg = LossConfig(
-        policy_loss="trace", lam=0.9, gamma=1.0, trace_style=style, trace_anchor=anchor, kl_coef=0.0
+        policy_loss="trace",
+        lam=0.9,
+        gamma=1.0,
+        trace_style=style,
+        trace_anchor=anchor,
+        kl_coef=0.0,
+        trace_norm=norm,
     )
     loss, _ = grpo_lambda_loss(logp, logp.detach(), adv, mask, cfg)
     (got,) = torch.autograd.grad(loss, weight)
 
-    w = ref_matrix(mask, 0.9, style, anchor, 0.0)  # [B, T, K]
+    w = dense_trace_weights(mask, gamma=1.0, lam=0.9, style=style, anchor=anchor, norm=norm)  # [B, T, K]
     coeff = (adv.double()[:, None, None] * w).sum(1)  # Σ_t Â_b w(t, k) → [B, K]
     weight64 = weight.detach().double().requires_grad_()
     logp64 = token_logp_from_logits(hidden.double() @ weight64, tokens)
@@ -193,12 +205,23 @@ def test_weight_loss_gradient_through_the_eligibility(eligibility_grad, style, a
     assert (grad_other - grad_ref).abs().max() > 1e-3  # the two forms really differ
 
 
-@pytest.mark.parametrize("policy_loss", ["ppo", "trace", "weight"])
+MICRO_CASES = [("ppo", "token", "none")] + [
+    (loss, anchor, norm)
+    for loss in ("trace", "weight")
+    for anchor in ("token", "sequence", "horizon")
+    for norm in ("none", "mean")
+]
+
+
+@pytest.mark.parametrize("policy_loss, anchor, norm", MICRO_CASES)
 @pytest.mark.parametrize("agg", AGGREGATIONS.names())
-def test_micro_batches_sum_to_the_mini_batch(policy_loss, agg):
-    """token-mean (and every mode) over a batch = Σ over its micro-batches given the global counts."""
+def test_micro_batches_sum_to_the_mini_batch(policy_loss, agg, anchor, norm):
+    """token-mean (and every mode) over a batch = Σ over its micro-batches given the global counts, for every trace
+    anchor (sequence: each row's own length; horizon: the run's one H, whatever a micro-batch's width) and
+    trace_norm (each sequence's own mean credit)."""
     logp, old, ref, adv, mask = make_batch(4, batch=8, horizon=19)
-    cfg = LossConfig(policy_loss=policy_loss, loss_agg=agg, kl_coef=0.01, lam=0.95)
+    cfg = LossConfig(policy_loss=policy_loss, loss_agg=agg, kl_coef=0.01, lam=0.95, trace_anchor=anchor,
+                     trace_norm=norm)  # fmt: skip
     full, _ = grpo_lambda_loss(logp, old, adv, mask, cfg, ref_logp=ref, horizon=19)
     (g_full,) = torch.autograd.grad(full, logp)
     n_tok, n_seq = mask.sum().item(), mask.shape[0]

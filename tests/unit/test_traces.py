@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from grpo_lambda.algorithms import discounted_cumsum, eligibility_weight, lambda_trace
+from grpo_lambda.algorithms import discounted_cumsum, eligibility_weight, lambda_trace, trace_mean_weight
 from grpo_lambda.algorithms.dense_reference import dense_trace_weights
 
 STYLES = ["recent", "both", "early"]
@@ -21,8 +21,10 @@ def ref_weight(t: int, k: int, last: int, a: float, style: str, anchor: str, flo
         return 1.0
     if anchor == "horizon":  # the authors' default code path: n − 1 − k for recent, n − k inside both
         recent, recent_in_both = a ** (n - 1 - k), a ** (n - k)
+    elif anchor == "sequence":  # their per-sequence branch: the same with n = L (last = L − 1)
+        recent, recent_in_both = a ** (last - k), a ** (last + 1 - k)
     else:
-        recent = recent_in_both = a ** ((t if anchor == "token" else last) - k)
+        recent = recent_in_both = a ** (t - k)
     early = a**k
     w = {"recent": recent, "early": early, "both": max(recent_in_both, early)}[style]
     return max(w, floor)
@@ -229,6 +231,95 @@ def test_horizon_anchor_far_beyond_the_response():
     torch.testing.assert_close(recent, x + 1e-7 * prefix, rtol=1e-6, atol=1e-9)
     both, early = lambda_trace(x, mask, style="both", **kw), lambda_trace(x, mask, style="early", **kw)
     torch.testing.assert_close(both, early)
+
+
+# ---------------------------------------------------------------- the length-neutral option (norm="mean")
+def loop_mean_credit(mask, a, style, anchor, floor, n=None):
+    """m_b = (1/L_b) Σ_k Σ_{t≥k} w(t, k) by loops over the definition."""
+    w = loop_matrix(mask, a, style, anchor, floor, n)
+    length = mask.sum(-1).double()
+    return torch.where(length > 0, w.sum((1, 2)) / length.clamp(min=1), torch.ones_like(length))
+
+
+@pytest.mark.parametrize("style,anchor", list(itertools.product(STYLES, ANCHORS)))
+@pytest.mark.parametrize("a, floor", [(0.99, 0.0), (0.7, 1e-7), (1.0, 0.0)])
+def test_mean_norm_matches_the_dense_reference_and_a_loop(style, anchor, a, floor):
+    gen = torch.Generator().manual_seed(23)
+    mask = ragged_mask(5, 41, gen)
+    x = torch.randn(5, 41, generator=gen, requires_grad=True)
+    kw = dict(gamma=1.0, lam=a, style=style, anchor=anchor, floor=floor, horizon=50)
+    z = lambda_trace(x, mask, norm="mean", **kw)
+    m_loop = loop_mean_credit(mask, a, style, anchor, floor, 50)
+    torch.testing.assert_close(trace_mean_weight(mask, **kw).double(), m_loop, rtol=1e-5, atol=0)
+    w = dense_trace_weights(mask, norm="mean", **kw)
+    torch.testing.assert_close(w, loop_matrix(mask, a, style, anchor, floor, 50) / m_loop[:, None, None])
+    x64 = x.detach().double().requires_grad_()
+    z_ref = torch.einsum("btk,bk->bt", w, x64)
+    assert_rel_close(z, z_ref, 1e-5)
+    (grad,) = torch.autograd.grad(z.sum(), x)
+    (grad_ref,) = torch.autograd.grad(z_ref.sum(), x64)
+    assert_rel_close(grad, grad_ref, 1e-5)
+    # the credits c_k = Σ_t w(t, k) of every sequence sum to its length: no sequence is weighted by its length
+    torch.testing.assert_close(grad_ref.sum(-1), mask.sum(-1).double(), rtol=1e-9, atol=1e-9)
+
+
+def test_mean_norm_is_the_identity_where_there_is_no_trace():
+    """λ = 0 with `recent`: every credit is 1, m = 1 exactly, and the output is bit for bit the un-normalised one."""
+    gen = torch.Generator().manual_seed(29)
+    mask = ragged_mask(4, 30, gen)
+    x = torch.randn(4, 30, generator=gen)
+    kw = dict(gamma=1.0, lam=0.0, style="recent")
+    assert torch.equal(trace_mean_weight(mask, **kw), torch.ones(4))
+    assert torch.equal(lambda_trace(x, mask, norm="mean", **kw), lambda_trace(x, mask, **kw))
+    with pytest.raises(ValueError, match="unknown trace norm 'sum'"):
+        lambda_trace(x, mask, norm="sum", **kw)
+
+
+def authors_sequence_weight(t: int, k: int, length: int, a: float, style: str) -> float:
+    """The authors' per-sequence branch (`use_batch_max_for_trace=False`) written out per element: their horizon
+    formulas with n = L, the response's length — recent a^(n−1−k), both max(a^(n−k), a^k), early a^k for k < t."""
+    n = length
+    if k == t:
+        return 1.0
+    return {"recent": a ** (n - 1 - k), "both": max(a ** (n - k), a**k), "early": a**k}[style]
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("a, lengths", [(0.9, (7, 3, 1)), (0.5, (12, 11, 2)), (0.99, (40, 17, 33))])
+def test_sequence_anchor_is_the_authors_formula(style, a, lengths):
+    """Held-out cases (not the shared reference's own loops): one response per length, right-padded to width 41."""
+    mask = torch.arange(41)[None, :] < torch.tensor(lengths)[:, None]
+    gen = torch.Generator().manual_seed(31)
+    x = torch.randn(len(lengths), 41, generator=gen, dtype=torch.float64)
+    z = lambda_trace(x, mask, gamma=1.0, lam=a, style=style, anchor="sequence")
+    expected = torch.zeros_like(x)
+    for b, length in enumerate(lengths):
+        for t in range(length):
+            expected[b, t] = sum(
+                authors_sequence_weight(t, k, length, a, style) * x[b, k] for k in range(t + 1)
+            )
+    torch.testing.assert_close(z, expected, rtol=1e-5, atol=1e-6)  # lambda_trace accumulates in fp32
+    weights = dense_trace_weights(mask, gamma=1.0, lam=a, style=style, anchor="sequence")
+    for b, length in enumerate(lengths):
+        for t, k in itertools.product(range(length), repeat=2):
+            if k <= t:
+                assert weights[b, t, k].item() == pytest.approx(
+                    authors_sequence_weight(t, k, length, a, style)
+                )
+
+
+def test_sequence_anchor_both_uses_the_authors_exponent():
+    """a = 0.9, L = 7: w(6, 4) = max(a^(L−4), a^4) = 0.729 (not a^(L−1−4) = 0.81)."""
+    w = dense_trace_weights(
+        torch.ones(1, 7, dtype=torch.bool), gamma=1.0, lam=0.9, style="both", anchor="sequence"
+    )
+    assert w[0, 6, 4].item() == pytest.approx(0.729)
+    x = torch.zeros(1, 7, dtype=torch.float64)
+    x[0, 4] = 1.0
+    z = lambda_trace(
+        x, torch.ones(1, 7, dtype=torch.bool), gamma=1.0, lam=0.9, style="both", anchor="sequence"
+    )
+    assert z[0, 6].item() == pytest.approx(0.729)
 
 
 @pytest.mark.parametrize(
