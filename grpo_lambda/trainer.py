@@ -32,7 +32,7 @@ from grpo_lambda.launch import engine_positions, init_ray, place, release, start
 from grpo_lambda.learner.batch import LearnerBatch, build_batch
 from grpo_lambda.learner.group import LearnerFailure, LearnerGroup
 from grpo_lambda.models import resolve_model
-from grpo_lambda.rewards import VerifyRequest, VerifyResult, outcome_metrics
+from grpo_lambda.rewards import VerifyResult, outcome_metrics, request_for
 from grpo_lambda.rewards.answer_tokens import answer_token_mask
 from grpo_lambda.rollout.group import RolloutGroup
 from grpo_lambda.rollout.pipeline import Batch, RolloutPipeline, staleness
@@ -152,10 +152,11 @@ class Trainer:
     def score(self, prompts: list[Prompt], samples: list[list[Sample]]) -> Rollout:
         """Grade every sample against its prompt's gold answer in the verifier pool."""
         rw = self.cfg.reward
-        requests = [VerifyRequest(response=s.text, answer=p.answer, verifier=p.verifier, correct=rw.correct,
-                                  wrong=rw.wrong, format_weight=rw.format_weight, math_fallback=rw.math_fallback,
-                                  answer_format=self.answer_format)
-                    for p, group in zip(prompts, samples) for s in group]  # fmt: skip
+        requests = [
+            request_for(p, s.text, rw, self.answer_format)
+            for p, group in zip(prompts, samples)
+            for s in group
+        ]
         results = self.verifier.score(requests)
         return Rollout(prompts, samples, torch.tensor([r.reward for r in results]), results)
 

@@ -176,7 +176,11 @@ class ArithmeticConfig:
     num_terms: int = 2
     max_terms: int | None = None  # terms drawn from [num_terms, max_terms]; null = always num_terms
     ops: list[str] = field(default_factory=lambda: ["+", "-"])
-    style: str = "expression"  # expression | word | mixed | story (one sentence per step, + and − only)
+    style: str = (
+        "expression"  # expression | word | mixed | story (one sentence per step, + and − only) | chain
+    )
+    hard_step: str = "first"  # style chain: the one hard step (operands from [min, max]) first or last
+    easy_max: int = 2  # style chain: the other steps add or subtract 0..easy_max
     eval_seed: int | None = None  # the eval set's seed; null = data.seed + an offset (differs per data.seed)
     allow_negative: bool = False
 

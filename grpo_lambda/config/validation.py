@@ -287,7 +287,7 @@ def _batch_sizes(c: _Checker, cfg: Config) -> None:
 
 
 def _data(c: _Checker, d: DataConfig, check_files: bool) -> None:
-    from grpo_lambda.data.arithmetic import OPS, STYLES
+    from grpo_lambda.data.arithmetic import HARD_STEPS, OPS, STYLES
     from grpo_lambda.data.templates import PROMPT_TEMPLATES
 
     c.choice("data.source", d.source, DATA_SOURCES)
@@ -324,11 +324,13 @@ def _data(c: _Checker, d: DataConfig, check_files: bool) -> None:
             f"must be >= data.arithmetic.num_terms={a.num_terms} or null",
         )
         c.check(
-            a.style != "story" or set(a.ops) <= {"+", "-"},
+            a.style not in ("story", "chain") or set(a.ops) <= {"+", "-"},
             "data.arithmetic.ops",
             a.ops,
-            "must be + and - only with data.arithmetic.style=story",
+            f"must be + and - only with data.arithmetic.style={a.style}",
         )
+        c.choice("data.arithmetic.hard_step", a.hard_step, HARD_STEPS)
+        c.check(a.easy_max >= 0, "data.arithmetic.easy_max", a.easy_max, "must be >= 0")
         c.check(
             a.eval_seed is None or a.eval_seed >= 0,
             "data.arithmetic.eval_seed",

@@ -50,6 +50,8 @@ def _arith(cfg: Config, num_rows: int, seed: int, dataset: str) -> list[dict[str
         ops=a.ops,
         style=a.style,
         allow_negative=a.allow_negative,
+        hard_step=a.hard_step,
+        easy_max=a.easy_max,
         verifier=verifier_for({"dataset": "arithmetic"}, cfg),  # train and eval sets alike
         dataset=dataset,
     )

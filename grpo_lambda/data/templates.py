@@ -17,20 +17,26 @@ from grpo_lambda.rewards.spec import BOXED, HASHES  # the answer markers strict 
 class PromptTemplate:
     """``user`` (and optional ``system``) text; ``{problem}`` is replaced literally (LaTeX braces are safe).
     ``answer_marker``: how the prompt asks for the final answer (``boxed``: ``\\boxed{}``; ``####``: after
-    ``#### ``; None: it does not say), what ``reward.strict_format`` grades."""
+    ``#### ``; None: it does not say), what ``reward.strict_format`` grades. ``shots``: worked examples
+    (problem, response), given as earlier turns of the chat before the problem (few-shot prompting)."""
 
     name: str
     user: str
     system: str | None = None
     answer_marker: str | None = BOXED
+    shots: tuple[tuple[str, str], ...] = ()
 
     def messages(self, problem: str) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
+        for shot, response in self.shots:
+            msgs += [{"role": "user", "content": self.user.replace("{problem}", shot)},
+                     {"role": "assistant", "content": response}]  # fmt: skip
         return msgs + [{"role": "user", "content": self.user.replace("{problem}", problem)}]
 
     def plain_text(self, problem: str) -> str:
         """The prompt for models without a chat template."""
-        user = self.user.replace("{problem}", problem)
+        turns = [f"{self.user.replace('{problem}', shot)}\n{response}\n\n" for shot, response in self.shots]
+        user = "".join(turns) + self.user.replace("{problem}", problem)
         return f"{self.system}\n\n{user}\n" if self.system else f"{user}\n"
 
 
@@ -39,6 +45,18 @@ STEPS_EXAMPLE = (
     "Work it out one step at a time, as in this example.\n"
     "Example: Mia has 5 shells. Then Mia finds 3 more. Then Mia loses 2. How many shells does Mia have now?\n"
     "Step 1: 5 + 3 = 8\nStep 2: 8 - 2 = 6\nAnswer: \\boxed{6}"
+)
+# Chained sums (docs/study2.md; the `chain` verifier): two worked examples as earlier chat turns (few-shot), one
+# with the hard step first and one with it last.
+CHAIN_SHOTS = (
+    (
+        "What is 6 + 7 - 1?",
+        "Step 1: 6 + 7 = 13. So far: 13.\nStep 2: 13 - 1 = 12. So far: 12.\nAnswer: \\boxed{12}",
+    ),
+    (
+        "What is 9 + 0 - 4?",
+        "Step 1: 9 + 0 = 9. So far: 9.\nStep 2: 9 - 4 = 5. So far: 5.\nAnswer: \\boxed{5}",
+    ),
 )
 
 PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
@@ -57,6 +75,10 @@ PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
         ),
         # The same with one worked example (a 135M model follows the format: one line per step).
         PromptTemplate("steps_example", "{problem}\n" + STEPS_EXAMPLE),
+        # Chained sums: every running total, then the boxed answer, as the two worked examples show.
+        PromptTemplate(
+            "chain", "{problem}\nWork it out step by step, then give the answer.", shots=CHAIN_SHOTS
+        ),
         # veRL's GSM8K prompt: the answer follows "####".
         PromptTemplate(
             "gsm8k",

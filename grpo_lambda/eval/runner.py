@@ -18,9 +18,9 @@ from grpo_lambda.config.schema import Config, RewardConfig
 from grpo_lambda.data.templates import Prompt
 from grpo_lambda.eval.metrics import maj_at_k
 from grpo_lambda.eval.report import ProblemKey, group_by_problem
-from grpo_lambda.rewards import VerifyRequest
+from grpo_lambda.rewards import VerifyRequest, request_for
 from grpo_lambda.rewards.extract import normalize_answer
-from grpo_lambda.rewards.verifiers import extract_answer
+from grpo_lambda.rewards.verifiers import answer_verifier, extract_answer
 from grpo_lambda.rollout.sampling import SamplingSpec
 
 
@@ -44,12 +44,7 @@ class Evaluator:
         rw = self.reward
         groups = self.rollout.generate(list(prompts), spec)
         pairs = [(p, i, s) for p, group in zip(prompts, groups) for i, s in enumerate(group)]
-        results = self.verifier.score(
-            [VerifyRequest(response=s.text, answer=p.answer, verifier=p.verifier, correct=rw.correct,
-                           wrong=rw.wrong, format_weight=rw.format_weight, math_fallback=rw.math_fallback,
-                           answer_format=self.answer_format)
-             for p, _, s in pairs]
-        )  # fmt: skip
+        results = self.verifier.score([request_for(p, s.text, rw, self.answer_format) for p, _, s in pairs])
         records = []
         for (p, i, s), r in zip(pairs, results):
             rec = {
@@ -96,7 +91,7 @@ class Evaluator:
         if not pairs:
             return set()
         results = self.verifier.score(
-            [VerifyRequest(response=f"\\boxed{{{a}}}", answer=b, verifier=v, answer_format="boxed")
+            [VerifyRequest(response=f"\\boxed{{{a}}}", answer=b, verifier=answer_verifier(v), answer_format="boxed")
              for v, a, b in pairs]  # answer a, boxed, graded against b: strict or not, the box is what is read
         )  # fmt: skip
         return {pair for pair, r in zip(pairs, results) if r.outcome == "correct"}

@@ -1,4 +1,4 @@
-"""Rewards: verifiers (math via math-verify, GSM8K numeric, format) and ``VerifierPool``, which runs every check
+"""Rewards: verifiers (math via math-verify, GSM8K numeric, chained sums, format) and ``VerifierPool``, which runs every check
 in a subprocess under a hard wall-clock limit. Importing this package starts nothing and does not import Ray.
 
     pool = VerifierPool(num_workers=2, timeout_s=5.0, use_ray=True)
@@ -18,6 +18,7 @@ from grpo_lambda.rewards.spec import (
     WRONG,
     VerifyRequest,
     VerifyResult,
+    request_for,
 )
 from grpo_lambda.rewards.verifiers import (
     VERIFIERS,
@@ -44,6 +45,7 @@ __all__ = [
     "format_reward",
     "get_verifier",
     "outcome_metrics",
+    "request_for",
     "verify_format",
     "verify_gsm8k",
     "verify_math",

@@ -39,6 +39,24 @@ class VerifyRequest:
     # strict grading (reward.strict_format): the only answer marker read, "boxed" | "####"; None = each
     # verifier's own rules (math: the last box, then math_fallback; gsm8k: ####, box, "answer is", last number)
     answer_format: str | None = None
+    # the problem text, for verifiers that check the worked steps against it (chain); None otherwise
+    problem: str | None = None
+
+
+def request_for(prompt, response: str | None, reward, answer_format: str | None) -> VerifyRequest:
+    """The check of one response to ``prompt`` (a data ``Prompt``) under ``reward`` (the ``RewardConfig``), as
+    training and evaluation both grade it."""
+    return VerifyRequest(
+        response=response,
+        answer=prompt.answer,
+        verifier=prompt.verifier,
+        correct=reward.correct,
+        wrong=reward.wrong,
+        format_weight=reward.format_weight,
+        math_fallback=reward.math_fallback,
+        answer_format=answer_format,
+        problem=prompt.problem,
+    )
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@
 and reject unsafe strings (``equivalence.prepare_answer``), decide exact forms on a fast path
 (normal-form string equality, base-b numerals, exact or relative-tolerance number equality) and only then ask
 math-verify (``equivalence.equivalent``: fractions, LaTeX, sets, intervals, tuples, equations, text answers).
-``verify_gsm8k``: exact numeric equality. ``format_reward``: a closed, non-empty ``\\boxed{}``.
+``verify_gsm8k``: exact numeric equality. ``verify_chain`` (rewards/chain.py): every worked step of a chained sum
+and its answer (it reads the problem, ``VerifyRequest.problem``). ``format_reward``: a closed, non-empty ``\\boxed{}``.
 Strict grading (``answer_format``, from ``reward.strict_format``): only the marker the prompt asked for is read.
 A verifier raises only for a bad *gold* answer; ``check`` turns any exception into outcome ``error``.
 They have no timeout of their own: run them through ``VerifierPool`` / ``SubprocessWorkers``.
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from fractions import Fraction
 
 from grpo_lambda.rewards.arith import evaluate_latex
+from grpo_lambda.rewards.chain import verify_chain
 from grpo_lambda.rewards.equivalence import (
     GoldAnswerError,
     equivalent,
@@ -53,6 +55,7 @@ from grpo_lambda.rewards.spec import (
 __all__ = [
     "GoldAnswerError",
     "VERIFIERS",
+    "answer_verifier",
     "check",
     "extract_answer",
     "format_reward",
@@ -192,7 +195,7 @@ def extract_answer(
         "math": _extractor(answer_format, lambda text: extract_math_answer(text, fallback)),
         "gsm8k": _extractor(answer_format, extract_gsm8k_answer),
         "format": lambda text: last_boxed(response_tail(text)),
-    }.get(verifier)
+    }.get(answer_verifier(verifier))
     if extract is None:
         get_verifier(verifier)  # raises, naming the registered verifiers
     try:
@@ -218,7 +221,18 @@ def verify_format(response: object, answer: str) -> tuple[float, str]:
     return (1.0, CORRECT) if format_reward(response) == 1.0 else (0.0, WRONG)
 
 
-VERIFIERS: dict[str, Verifier] = {"math": verify_math, "gsm8k": verify_gsm8k, "format": verify_format}
+VERIFIERS: dict[str, Verifier] = {
+    "math": verify_math,
+    "gsm8k": verify_gsm8k,
+    "format": verify_format,
+    "chain": verify_chain,
+}
+
+
+def answer_verifier(name: str) -> str:
+    """The verifier that decides whether two *final answers* of ``name``'s responses are equal (majority votes):
+    chained sums' answers are numbers (``gsm8k``), every other verifier compares its own answers."""
+    return "gsm8k" if name == "chain" else name
 
 
 def get_verifier(name: str) -> Verifier:
@@ -243,6 +257,8 @@ def check(request: VerifyRequest) -> VerifyResult:
         options = {"fallback": request.math_fallback} if verifier is verify_math else {}
         if verifier in (verify_math, verify_gsm8k):
             options["answer_format"] = request.answer_format
+        if verifier is verify_chain:  # the steps are checked against the problem's sum
+            options["problem"] = request.problem
         score, outcome = verifier(request.response, request.answer, **options)
         reward = request.wrong + (request.correct - request.wrong) * score
         if request.format_weight:

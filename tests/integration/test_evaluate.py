@@ -124,10 +124,12 @@ def test_majority_vote_groups_answers_the_verifier_calls_equal():
         # a tie between a correct and a wrong class scores 1/2; gsm8k's numeric verifier merges 18 and 18.00
         rec("c", "18", "correct", "gsm8k"), rec("c", "18.00", "correct", "gsm8k"),
         rec("c", "5", "wrong", "gsm8k"), rec("c", "5", "wrong", "gsm8k"),
+        # a chained sum's answers compare as numbers (not as chains): 4 and 4.00 are one class, against 5
+        rec("e", "4", "correct", "chain"), rec("e", "4.00", "correct", "chain"), rec("e", "5", "wrong", "chain"),
     ]  # fmt: skip
     pool = VerifierPool(num_workers=1, timeout_s=10.0, use_ray=False)
     try:
         maj = Evaluator(None, pool, RewardConfig()).majority(records)
     finally:
         pool.shutdown()
-    assert maj == {("d", "a"): 1.0, ("d", "b"): 0.0, ("d", "c"): 0.5}
+    assert maj == {("d", "a"): 1.0, ("d", "b"): 0.0, ("d", "c"): 0.5, ("d", "e"): 1.0}

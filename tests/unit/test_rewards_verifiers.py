@@ -186,7 +186,7 @@ def test_unparsable_gold_is_an_error_with_detail_not_a_wrong():
 
 def test_registry():
     assert get_verifier("math") is verify_math
-    with pytest.raises(ValueError, match="registered verifiers: format, gsm8k, math"):
+    with pytest.raises(ValueError, match="registered verifiers: chain, format, gsm8k, math"):
         get_verifier("maths")
     assert check(VerifyRequest("x", "1", verifier="nope")).outcome == "error"
 
