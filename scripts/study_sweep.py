@@ -100,12 +100,12 @@ def is_complete(folder: Path) -> bool:
     return len(steps) >= total
 
 
-def keep_results(name: str) -> bool:
+def keep_results(name: str, runs: Path = RUNS, results: Path = RESULTS) -> bool:
     """Copy a complete run's small files into docs/results/study/<name>/; True if it is complete."""
-    src = RUNS / name
+    src = runs / name
     if not is_complete(src):
         return False
-    dst = RESULTS / name
+    dst = results / name
     dst.mkdir(parents=True, exist_ok=True)
     for file in KEEP:
         if (src / file).is_file():
@@ -145,7 +145,12 @@ def main() -> None:
         return
     if args.max_runs is not None:
         todo = todo[: args.max_runs]
-    # one multirun per (algorithm, overrides): consecutive runs that differ only in the seed
+    launch(todo, "cpu_study", args.extra)
+
+
+def launch(todo, experiment: str, extra_args, runs: Path = RUNS, results: Path = RESULTS) -> None:
+    """Run `todo` ((algorithm, overrides, seed, run name), in order) as one Hydra multirun per group of consecutive
+    runs that differ only in the seed; copy each complete run to `results`; stop at the first failing group."""
     groups: list[tuple[str, dict[str, str], list[int], list[str]]] = []
     for arm, extra, seed, name in todo:
         if groups and groups[-1][0] == arm and groups[-1][1] == extra:
@@ -154,11 +159,11 @@ def main() -> None:
         else:
             groups.append((arm, extra, [seed], [name]))
     for arm, extra, seeds, names in groups:
-        cmd = [sys.executable, "-m", "grpo_lambda.train", "-m", "experiment=cpu_study", f"algorithm={arm}",
-               f"trainer.seed={','.join(map(str, seeds))}", *(f"{k}={v}" for k, v in extra.items()), *args.extra]  # fmt: skip
+        cmd = [sys.executable, "-m", "grpo_lambda.train", "-m", f"experiment={experiment}", f"algorithm={arm}",
+               f"trainer.seed={','.join(map(str, seeds))}", *(f"{k}={v}" for k, v in extra.items()), *extra_args]  # fmt: skip
         print(f"[study] {time.strftime('%H:%M:%S')} {' '.join(cmd[1:])}", flush=True)
         rc = subprocess.call(cmd, cwd=REPO)
-        kept = [n for n in names if keep_results(n)]
+        kept = [n for n in names if keep_results(n, runs, results)]
         print(
             f"[study] {time.strftime('%H:%M:%S')} rc={rc}; complete: {', '.join(kept) or 'none'}", flush=True
         )

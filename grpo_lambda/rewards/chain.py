@@ -12,6 +12,9 @@ as many as the problem has operators, step i reads (running total before i) op_i
 after i). Exactly one ``\\boxed{}``, after the last step, holding the problem's value. Outcomes: ``unparsable``
 when the response has no box or no equation, ``wrong`` for any other difference, else ``correct``. The verifier
 reads the problem (``VerifyRequest.problem``): an answer without its steps, or with steps of another sum, is wrong.
+It also says where a response first fails (``VerifyResult.where``): ``format`` (unparsable), ``step_<i>`` (the
+first step that is not the problem's, missing or extra), ``answer`` (right steps, wrong or misplaced box) — the
+study's check of where the decisive tokens are (``verifier/first_error/*`` metrics).
 """
 
 from __future__ import annotations
@@ -46,26 +49,30 @@ def expected_chain(problem: str) -> list[tuple[int, str, int, int]]:
     return steps
 
 
-def verify_chain(response: object, answer: str, problem: str) -> tuple[float, str]:
-    """Grade a chained-sum response (module doc): ``(1.0, "correct")`` or ``(0.0, outcome)``."""
+def verify_chain(response: object, answer: str, problem: str) -> tuple[float, str, str]:
+    """Grade a chained-sum response (module doc): ``(1.0, "correct", "")`` or ``(0.0, outcome, where)``."""
     steps = expected_chain(problem)
     if not steps or steps[-1][3] != as_number(answer):
         raise ProblemError(f"chain verifier: gold answer {answer!r} is not the value of {problem[:200]!r}")
     if not isinstance(response, str):
-        return 0.0, UNPARSABLE
+        return 0.0, UNPARSABLE, "format"
     text = response_tail(response)
     try:
         box = last_boxed_span(text)
     except AnswerRejected:
-        return 0.0, UNPARSABLE
+        return 0.0, UNPARSABLE, "format"
     equations = list(_EQUATION.finditer(text))
     if box is None or not equations:
-        return 0.0, UNPARSABLE
+        return 0.0, UNPARSABLE, "format"
     written = [(int(a), op, int(b), int(c)) for a, op, b, c in (m.groups() for m in equations)]
+    if written != steps:
+        first = next(
+            (i for i, (w, s) in enumerate(zip(written, steps)) if w != s), min(len(written), len(steps))
+        )
+        return 0.0, WRONG, f"step_{first + 1}"
     ok = (
-        written == steps
-        and as_number(text[box[1] : box[2]].strip()) == steps[-1][3]
+        as_number(text[box[1] : box[2]].strip()) == steps[-1][3]
         and text.count("\\boxed") + text.count("\\fbox") == 1
         and box[0] >= equations[-1].end()
     )
-    return (1.0, CORRECT) if ok else (0.0, WRONG)
+    return (1.0, CORRECT, "") if ok else (0.0, WRONG, "answer")

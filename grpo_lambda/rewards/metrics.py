@@ -19,7 +19,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def outcome_metrics(results: Sequence[VerifyResult], wall_s: float | None = None) -> dict[str, float]:
     """``verifier/checks``, ``verifier/<outcome>_rate`` for every outcome, ``verifier/reward_mean``,
-    ``verifier/latency_{p50,p99,max}_s`` and, given the batch's wall time, ``verifier/checks_per_s``."""
+    ``verifier/latency_{p50,p99,max}_s``, given the batch's wall time ``verifier/checks_per_s``, and for verifiers
+    that say where a response first fails (chain) ``verifier/first_error/<where>_rate`` for every place seen in the
+    batch (a place not logged at a step had no failure there)."""
     n = len(results)
     metrics: dict[str, float] = {"verifier/checks": float(n)}
     for outcome in OUTCOMES:
@@ -30,6 +32,8 @@ def outcome_metrics(results: Sequence[VerifyResult], wall_s: float | None = None
     metrics["verifier/latency_p50_s"] = percentile(latencies, 50)
     metrics["verifier/latency_p99_s"] = percentile(latencies, 99)
     metrics["verifier/latency_max_s"] = max(latencies, default=0.0)
+    for where in sorted({r.where for r in results if r.where}):
+        metrics[f"verifier/first_error/{where}_rate"] = sum(r.where == where for r in results) / n
     if wall_s is not None:
         metrics["verifier/checks_per_s"] = n / wall_s if wall_s > 0 else 0.0
     return metrics

@@ -67,3 +67,6 @@ class VerifyResult:
     outcome: str
     latency_s: float
     detail: str = ""  # why, for error/timeout/unparsable outcomes; empty otherwise
+    where: str = (
+        ""  # where the response first fails, from verifiers that can say (chain: step_<i> | answer | format)
+    )

@@ -65,7 +65,7 @@ __all__ = [
     "verify_math",
 ]
 
-Verifier = Callable[..., tuple[float, str]]
+Verifier = Callable[..., tuple]  # (score, outcome) or (score, outcome, where the response first fails)
 MATH_FALLBACKS = ("none", "last_number")  # the math verifier's answer for a response without \boxed{}
 _ASSIGNMENT_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*([^=]+)")
 
@@ -259,11 +259,11 @@ def check(request: VerifyRequest) -> VerifyResult:
             options["answer_format"] = request.answer_format
         if verifier is verify_chain:  # the steps are checked against the problem's sum
             options["problem"] = request.problem
-        score, outcome = verifier(request.response, request.answer, **options)
+        score, outcome, *where = verifier(request.response, request.answer, **options)
         reward = request.wrong + (request.correct - request.wrong) * score
         if request.format_weight:
             reward += request.format_weight * format_reward(request.response)
-        return VerifyResult(float(reward), outcome, time.perf_counter() - start)
+        return VerifyResult(float(reward), outcome, time.perf_counter() - start, where="".join(where))
     except Exception as e:  # reported, never swallowed: outcome "error" with the exception in `detail`
         detail = f"{type(e).__name__}: {e}"[:500]
         return VerifyResult(float(request.wrong), ERROR, time.perf_counter() - start, detail)

@@ -7,7 +7,7 @@ import pytest
 
 from grpo_lambda.data.arithmetic import generate_arithmetic
 from grpo_lambda.data.templates import CHAIN_SHOTS, get_template
-from grpo_lambda.rewards import VerifierPool, VerifyRequest, check
+from grpo_lambda.rewards import VerifierPool, VerifyRequest, check, outcome_metrics
 from grpo_lambda.rewards.chain import ProblemError, expected_chain, verify_chain
 from grpo_lambda.rewards.verifiers import answer_verifier, extract_answer
 
@@ -30,33 +30,37 @@ def test_expected_chain_is_the_running_totals_and_ends_at_the_generated_answer()
 
 
 @pytest.mark.parametrize(
-    ("response", "outcome"),
+    ("response", "outcome", "where"),
     [
-        (RESPONSE, "correct"),
-        ("7 + 2 = 9\n9 - 5 = 4\n4 + 3 = 7\n\\boxed{7}", "correct"),  # labels and "So far" are not graded
-        (RESPONSE.replace("9 - 5 = 4", "9 - 5 = 3").replace("4 + 3", "3 + 4"), "wrong"),  # a wrong step
-        ("Step 1: 7 + 2 - 5 + 3 = 7\nAnswer: \\boxed{7}", "wrong"),  # the whole sum in one line
-        ("Step 1: 0 + 7 = 7\nAnswer: \\boxed{7}", "wrong"),  # a chain that is not the problem's
-        (RESPONSE.replace("Step 3: 4 + 3 = 7. So far: 7.\n", ""), "wrong"),  # a step missing
-        (f"{STEPS}\nStep 4: 7 + 0 = 7\nAnswer: \\boxed{{7}}", "wrong"),  # a step too many
-        (RESPONSE.replace("{7}", "{8}"), "wrong"),  # right steps, wrong answer
-        (f"Answer: \\boxed{{7}}\n{STEPS}", "wrong"),  # the answer before the steps
-        (f"\\boxed{{7}} {RESPONSE}", "wrong"),  # two boxes
-        (f"{STEPS}\nAnswer: 7", "unparsable"),  # no box
-        ("Answer: \\boxed{7}", "unparsable"),  # no steps
-        (f"{STEPS}\nAnswer: \\boxed{{7", "unparsable"),  # cut off inside the box
-        (None, "unparsable"),
+        (RESPONSE, "correct", ""),
+        ("7 + 2 = 9\n9 - 5 = 4\n4 + 3 = 7\n\\boxed{7}", "correct", ""),  # labels and "So far" are not graded
+        (
+            RESPONSE.replace("9 - 5 = 4", "9 - 5 = 3").replace("4 + 3", "3 + 4"),
+            "wrong",
+            "step_2",
+        ),  # a wrong step
+        ("Step 1: 7 + 2 - 5 + 3 = 7\nAnswer: \\boxed{7}", "wrong", "step_1"),  # the whole sum in one line
+        ("Step 1: 0 + 7 = 7\nAnswer: \\boxed{7}", "wrong", "step_1"),  # a chain that is not the problem's
+        (RESPONSE.replace("Step 3: 4 + 3 = 7. So far: 7.\n", ""), "wrong", "step_3"),  # a step missing
+        (f"{STEPS}\nStep 4: 7 + 0 = 7\nAnswer: \\boxed{{7}}", "wrong", "step_4"),  # a step too many
+        (RESPONSE.replace("{7}", "{8}"), "wrong", "answer"),  # right steps, wrong answer
+        (f"Answer: \\boxed{{7}}\n{STEPS}", "wrong", "answer"),  # the answer before the steps
+        (f"\\boxed{{7}} {RESPONSE}", "wrong", "answer"),  # two boxes
+        (f"{STEPS}\nAnswer: 7", "unparsable", "format"),  # no box
+        ("Answer: \\boxed{7}", "unparsable", "format"),  # no steps
+        (f"{STEPS}\nAnswer: \\boxed{{7", "unparsable", "format"),  # cut off inside the box
+        (None, "unparsable", "format"),
     ],
 )
-def test_every_step_and_the_answer(response, outcome):
-    assert verify_chain(response, "7", PROBLEM) == (1.0 if outcome == "correct" else 0.0, outcome)
+def test_every_step_and_the_answer_and_where_it_first_fails(response, outcome, where):
+    assert verify_chain(response, "7", PROBLEM) == (1.0 if outcome == "correct" else 0.0, outcome, where)
+    result = check(VerifyRequest(response=response, answer="7", verifier="chain", problem=PROBLEM))
+    assert (result.outcome, result.where) == (outcome, where)
 
 
 def test_negative_running_totals():
-    assert verify_chain("3 - 8 = -5\n-5 + 2 = -3\n\\boxed{-3}", "-3", "What is 3 - 8 + 2?") == (
-        1.0,
-        "correct",
-    )
+    response = "3 - 8 = -5\n-5 + 2 = -3\n\\boxed{-3}"
+    assert verify_chain(response, "-3", "What is 3 - 8 + 2?") == (1.0, "correct", "")
 
 
 def test_a_bad_gold_or_a_missing_problem_is_an_error_that_says_so():
@@ -72,14 +76,18 @@ def test_the_pool_passes_the_problem_to_the_subprocess_and_answers_compare_as_nu
     requests = [VerifyRequest(response=r, answer="7", verifier="chain", problem=PROBLEM)
                 for r in (RESPONSE, RESPONSE.replace("{7}", "{8}"))]  # fmt: skip
     with VerifierPool(num_workers=1, timeout_s=20.0, use_ray=False, warm_parser=False) as pool:
-        assert [r.outcome for r in pool.score(requests)] == ["correct", "wrong"]
+        results = pool.score(requests)
+    assert [(r.outcome, r.where) for r in results] == [("correct", ""), ("wrong", "answer")]
+    metrics = outcome_metrics(results)
+    assert metrics["verifier/first_error/answer_rate"] == 0.5 and metrics["verifier/correct_rate"] == 0.5
+    assert not any("first_error" in k for k in outcome_metrics(results[:1]))  # nothing failed: no places
     assert extract_answer(RESPONSE, "chain") == "7"
     assert answer_verifier("chain") == "gsm8k" and answer_verifier("math") == "math"
 
 
 def test_the_worked_examples_are_what_the_verifier_grades_and_sit_in_earlier_turns():
     for problem, response in CHAIN_SHOTS:
-        assert verify_chain(response, extract_answer(response, "chain"), problem) == (1.0, "correct")
+        assert verify_chain(response, extract_answer(response, "chain"), problem) == (1.0, "correct", "")
     messages = get_template("chain").messages("What is 4 + 5 + 1?")
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
     assert messages[1]["content"] == CHAIN_SHOTS[0][1] and messages[-1]["content"].startswith(

@@ -65,3 +65,26 @@ def test_lambda_arm_needs_the_main_stage_complete(tmp_path):
         SystemExit, match="1 main-stage runs are not complete .* grpo_lambda_weight_lam0.99_lr3e-05_s2"
     ):
         ss.best_lambda_arm(tmp_path)
+
+
+_PATH2 = Path(__file__).resolve().parents[2] / "scripts" / "study2_sweep.py"
+_spec2 = importlib.util.spec_from_file_location("study2_sweep", _PATH2)
+s2 = importlib.util.module_from_spec(_spec2)
+sys.modules[_spec2.name] = s2
+_spec2.loader.exec_module(s2)
+
+
+def test_study2_plan_pilot_first_then_balanced_seeds_and_names_like_the_preset():
+    assert [st for st, *_ in s2.plan(None)] == ["pilot"] * 4  # no main run before the pilot fixes the lr
+    plan = s2.plan(3e-5)
+    main = [(a, e["data.arithmetic.hard_step"], s) for st, a, e, s in plan if st == "main"]
+    assert len(main) == 2 * 3 * 8 and s2.PILOT_SEED not in s2.SEEDS
+    for k in range(0, len(main), 6):  # every block of six: one seed, both orders, every arm
+        assert {(a, o) for a, o, _ in main[k : k + 6]} == {(a, o) for a in s2.ARMS for o in s2.ORDERS}
+        assert len({s for *_, s in main[k : k + 6]}) == 1
+    assert s2.run_name("grpo", {"data.arithmetic.hard_step": "last", "learner.lr": "3e-05"}, 4) == (
+        "last_grpo_lr3e-05_s4"
+    )
+    assert s2.run_name(
+        "grpo_lambda_mean", {"data.arithmetic.hard_step": "first", "learner.lr": "0.0001"}, 100
+    ) == ("first_grpo_lambda_mean_lr0.0001_s100")
