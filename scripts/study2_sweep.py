@@ -34,7 +34,7 @@ ORDERS = ("first", "last")  # data.arithmetic.hard_step: where the one hard step
 SEEDS = tuple(range(8))
 PILOT_SEED = 100  # never a study seed
 PILOT_ARMS = ("grpo", "grpo_lambda_mean")
-PILOT_LRS = (3.0e-5, 1.0e-4)
+PILOT_LRS = (3.0e-5, 1.0e-5)
 MAIN_LR: float | None = None  # fixed by the pilot's rule (docs/study2.md) before the first main run
 
 

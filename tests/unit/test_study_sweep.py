@@ -87,4 +87,4 @@ def test_study2_plan_pilot_first_then_balanced_seeds_and_names_like_the_preset()
     )
     assert s2.run_name(
         "grpo_lambda_mean", {"data.arithmetic.hard_step": "first", "learner.lr": "0.0001"}, 100
-    ) == ("first_grpo_lambda_mean_lr0.0001_s100")
+    ) == ("first_grpo_lambda_mean_lr1e-05_s100")
