@@ -86,5 +86,5 @@ def test_study2_plan_pilot_first_then_balanced_seeds_and_names_like_the_preset()
         "last_grpo_lr3e-05_s4"
     )
     assert s2.run_name(
-        "grpo_lambda_mean", {"data.arithmetic.hard_step": "first", "learner.lr": "0.0001"}, 100
+        "grpo_lambda_mean", {"data.arithmetic.hard_step": "first", "learner.lr": "1e-05"}, 100
     ) == ("first_grpo_lambda_mean_lr1e-05_s100")
