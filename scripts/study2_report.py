@@ -36,13 +36,16 @@ MARGIN = 0.03  # "refuted at this scale": GRPO-λ not even this much reward AUC 
 CEILING, CEILING_STEPS = 0.90, range(16, 21)
 
 
+def complete_runs(folder: Path) -> list[Run]:
+    runs = [load_run(path) for path in (find_run_dirs([folder]) if folder.is_dir() else [])]
+    return [r for r in runs if r.complete]
+
+
 def load(folder: Path) -> dict[str, dict[int, Run]]:
-    """Complete runs of `folder` by algorithm name, then seed."""
+    """Complete runs of `folder` by algorithm name, then seed (one learning rate per folder)."""
     arms: dict[str, dict[int, Run]] = {}
-    for path in find_run_dirs([folder]) if folder.is_dir() else []:
-        run = load_run(path)
-        if run.complete:
-            arms.setdefault(cfg_get(run.config, "algorithm.name"), {})[run.seed] = run
+    for run in complete_runs(folder):
+        arms.setdefault(cfg_get(run.config, "algorithm.name"), {})[run.seed] = run
     return arms
 
 
@@ -107,19 +110,19 @@ def analyse(study: dict[str, dict[str, dict[int, Run]]]) -> dict[str, Any]:
     return {"primary": primary, "secondary": secondary, "arms": arms}
 
 
-def pilot(runs: dict[str, dict[int, Run]]) -> dict[str, Any]:
+def pilot(runs: list[Run]) -> dict[str, Any]:
     """The pilot's runs and the learning rate its rule fixes (None until both 3e-5 runs are complete)."""
     rows = []
-    for name, by_seed in sorted(runs.items()):
-        for run in by_seed.values():
-            steps = run.training_steps()
-            rewards = {s: run.rows[s].get("reward/mean") for s in steps}
-            lengths = [run.rows[s].get("response/length_mean") for s in steps]
-            rows.append({"arm": name, "lr": cfg_get(run.config, "learner.lr"), "auc": endpoint(run, "auc"),
-                         "reward_step1": rewards.get(1), "reward_16_20": statistics.fmean(
-                             rewards[s] for s in CEILING_STEPS if rewards.get(s) is not None),
-                         "min_length": min(x for x in lengths if x is not None),
-                         "acc@0": run.rows.get(0, {}).get(EVAL), "acc@20": endpoint(run, "acc@20")})  # fmt: skip
+    for run in sorted(
+        runs, key=lambda r: (-cfg_get(r.config, "learner.lr"), cfg_get(r.config, "algorithm.name"))
+    ):
+        rewards = {s: run.rows[s].get("reward/mean") for s in run.training_steps()}
+        lengths = [run.rows[s].get("response/length_mean") for s in run.training_steps()]
+        rows.append({"arm": cfg_get(run.config, "algorithm.name"), "lr": cfg_get(run.config, "learner.lr"),
+                     "auc": endpoint(run, "auc"), "reward_step1": rewards.get(1),
+                     "reward_16_20": statistics.fmean(rewards[s] for s in CEILING_STEPS if rewards.get(s) is not None),
+                     "min_length": min(x for x in lengths if x is not None),
+                     "acc@0": run.rows.get(0, {}).get(EVAL), "acc@20": endpoint(run, "acc@20")})  # fmt: skip
     at3 = [r["reward_16_20"] for r in rows if r["lr"] == 3e-5]
     lr = None if len(at3) < 2 else (1e-5 if statistics.fmean(at3) > CEILING else 3e-5)
     return {"runs": rows, "lr": lr, "mean_reward_16_20_at_3e-5": statistics.fmean(at3) if at3 else None}
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="output folder (default: <results>/report)")
     args = p.parse_args(argv)
     study = {o: load(args.results / o) for o in ORDERS}
-    report = {"pilot": pilot(load(args.results / "pilot"))} | analyse(study)
+    report = {"pilot": pilot(complete_runs(args.results / "pilot"))} | analyse(study)
     out = args.out or args.results / "report"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")

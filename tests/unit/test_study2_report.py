@@ -52,6 +52,9 @@ def test_decisions_follow_the_rule_and_the_pilot_fixes_the_lr(tmp_path, capsys):
     assert interaction["test"].startswith("interaction") and abs(interaction["mean"] - 0.10) < 1e-9
     assert interaction["p"] == 2 / 2**8 and len(report["secondary"]) == 10
     assert report["pilot"]["lr"] == 1e-5  # 3e-5 sits at the ceiling (0.95 > 0.90)
+    assert sorted((r["arm"], r["lr"]) for r in report["pilot"]["runs"]) == sorted(
+        (a, lr) for a in ("grpo", "grpo_lambda_mean") for lr in (3e-5, 1e-5)
+    )  # the same arm and seed at two learning rates are two runs
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"report.md", "curves.png", "first_error.png"}
     assert "supported" in capsys.readouterr().out
 
