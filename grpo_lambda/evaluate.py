@@ -25,13 +25,7 @@ from grpo_lambda.config import CONF_DIR, check_overrides_or_exit, to_config
 from grpo_lambda.config.schema import Config
 from grpo_lambda.data.templates import answer_format
 
-SAMPLES, SUMMARY, TABLE, CHART, SETTINGS = (
-    "samples.jsonl",
-    "summary.json",
-    "table.md",
-    "summary.png",
-    "settings.json",
-)
+SAMPLES, SETTINGS = "samples.jsonl", "settings.json"  # summary.json, table.md, summary.png: eval.report
 SAMPLES_PER_ENGINE_CALL = 128  # responses per engine per generate call: one chunk, the unit of resumption
 
 
@@ -220,7 +214,6 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     from grpo_lambda.eval.runner import Evaluator
     from grpo_lambda.launch import init_ray, place, release, start_verifier
     from grpo_lambda.rollout.group import RolloutGroup
-    from grpo_lambda.utils import atomic_write_json, atomic_write_text
 
     t0, k = time.perf_counter(), cfg.eval.samples_per_prompt
     out = output_dir(cfg)
@@ -259,14 +252,9 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     summary["meta"] = {**settings(cfg, model_path), "model": cfg.model.path, "datasets": list(sets),
                        "max_prompts_per_dataset": cfg.eval.max_prompts_per_dataset,
                        "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
-    atomic_write_json(out / SUMMARY, summary)
-    table = report.render_table(summary)
-    atomic_write_text(out / TABLE, table + "\n")
-    report.plot_summary(summary, out / CHART)
-    print(table)
-    print(
-        f"[grpo-lambda] wrote {out / SUMMARY}, {out / TABLE}, {out / CHART} in {summary['meta']['wall_s']} s"
-    )
+    paths = report.write_report(summary, out)
+    print(paths["table"].read_text(encoding="utf-8"), end="")
+    print(f"[grpo-lambda] wrote {', '.join(map(str, paths.values()))} in {summary['meta']['wall_s']} s")
     return summary
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study2_sweep import ARMS, ORDERS, RESULTS  # noqa: E402
-from study_report import Run, cfg_get, find_run_dirs, load_run, summarize_run  # noqa: E402
+from study_runs import Run, cfg_get, find_run_dirs, load_run, summarize_run  # noqa: E402
 from study_stats import holm, sign_flip_p, t_interval  # noqa: E402
 
 BASE, PRIMARY, RAW = "grpo", "grpo_lambda_mean", "grpo_lambda"

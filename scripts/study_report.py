@@ -61,7 +61,8 @@ runs.jsonl (one line per run: the raw numbers behind the table) and report.json 
 sweeps also sweeps.md (printed), sweeps.png and sweep_curves.png (every point's curves, a row per sweep), and
 curves.png then draws each swept algorithm at its main setting only (the swept value with the most seeds; ties:
 the best), so that it stays readable; the table has every arm.
-The tables and figures are drawn by study_render.py, the statistics are study_stats.py (both beside this file).
+Runs are loaded and summarised by study_runs.py, compared by study_compare.py, drawn by study_render.py; the
+statistics are study_stats.py (all beside this file).
 Only numpy, matplotlib (Agg) and the standard library (+ PyYAML, already a dependency) are used.
 """
 
@@ -70,10 +71,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import statistics
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,341 +81,45 @@ import yaml
 sys.path.insert(
     0, str(Path(__file__).resolve().parent)
 )  # study_render beside this file, however it is loaded
+from study_compare import (  # noqa: E402  (comparing arms)
+    MIN_SEEDS_FOR_CI,
+    choose_baseline,
+    compare,
+    curve_arms,
+    equal_value_comparisons,
+    find_sweeps,
+    holm_family,
+    posthoc_heldout,
+)
 from study_render import (  # noqa: E402
     COMPARED,
-    EQUAL_VALUE_METRICS,
-    SWEEP_COLUMNS,
-    SWEPT,
     TABLE_COLUMNS,
     comparison_markdown,
-    fmt_value,
     plot_curves,
     plot_sweep_curves,
     plot_sweeps,
     sweeps_markdown,
     table_markdown,
 )
+from study_runs import (  # noqa: E402  (loading and per-run numbers; re-exported for the study scripts)
+    LABEL_FIELDS,
+    REWARD,
+    Run,
+    arm_key,
+    arm_labels,
+    find_run_dirs,
+    load_run,
+    mean_curve,
+    seed_order,
+    summarize_run,
+    varying_fields,
+)
 from study_stats import (  # noqa: E402
-    holm,
     mean_se,
-    min_sign_flip_p,
-    permutation_p,
-    seeds_needed,
-    sign_flip_p,
     steps_to_reach,
-    t_interval,
-    welch_interval,
 )
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-REWARD = "reward/mean"
-LABEL_FIELDS = {  # label name -> config field; with algorithm.name these identify an arm
-    "trace_style": "algorithm.trace_style",
-    "trace_anchor": "algorithm.trace_anchor",
-    "policy_loss": "algorithm.policy_loss",
-    "eligibility_grad": "algorithm.eligibility_grad",
-    "lam": "algorithm.lam",
-    "lr": "learner.lr",
-}
-# config fields expected to differ between runs of a study: not reported as a confounder
-BOOKKEEPING = (
-    "trainer.seed",
-    "trainer.run_name",
-    "trainer.output_dir",
-    "trainer.resume",
-    "logger.",
-    "algorithm.",
-)
-BOOKKEEPING_EXACT = ("learner.lr",)
 ALPHA, POWER = 0.05, 0.8
-
-
-# --------------------------------------------------------------------------------------------- loading
-@dataclass
-class Run:
-    """One run folder: its config (nested dict) and its metrics by step (the last line of a step wins)."""
-
-    path: Path
-    config: dict[str, Any]
-    rows: dict[int, dict[str, float]]
-    arm: tuple = ()
-    label: str = ""
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def seed(self) -> int | None:
-        return cfg_get(self.config, "trainer.seed")
-
-    @property
-    def total_steps(self) -> int | None:
-        return cfg_get(self.config, "trainer.total_steps")
-
-    def training_steps(self) -> list[int]:
-        """Steps >= 1 with any non-eval metric (step 0 holds only the eval before training)."""
-        return sorted(
-            s for s, row in self.rows.items() if s >= 1 and any(not k.startswith("eval/") for k in row)
-        )
-
-    @property
-    def complete(self) -> bool:
-        return self.total_steps is None or len(self.training_steps()) >= self.total_steps
-
-
-def seed_order(seed: Any) -> tuple:
-    """Sort key of seeds: numbers in numeric order, then anything else (None) by its text."""
-    is_num = isinstance(seed, (int, float))
-    return (not is_num, seed if is_num else 0, str(seed))
-
-
-def cfg_get(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    """``cfg["a"]["b"]`` for ``"a.b"``; `default` where a level is missing."""
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def find_run_dirs(folders: list[Path]) -> list[Path]:
-    """Every folder at or below `folders` holding both config.yaml and metrics.jsonl (not searched further
-    below: a run's checkpoints stay unread); each once, in sorted order."""
-    found: dict[Path, Path] = {}
-    for top in folders:
-        for dirpath, dirnames, filenames in os.walk(top):
-            if CONFIG_FILE in filenames and METRICS_FILE in filenames:
-                found.setdefault(Path(dirpath).resolve(), Path(dirpath))
-                dirnames[:] = []
-            else:
-                dirnames.sort()
-    return sorted(found.values())
-
-
-def load_metrics(path: Path) -> dict[int, dict[str, float]]:
-    """metrics.jsonl -> {step: {key: value}}: the last line of a step replaces earlier ones; null values and
-    unreadable lines (an interrupted write) are dropped."""
-    rows: dict[int, dict[str, float]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-            step = int(row.pop("step"))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-            continue
-        row.pop("time", None)
-        rows[step] = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}
-    return rows
-
-
-def load_run(run_dir: Path) -> Run:
-    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
-    return Run(path=run_dir, config=config, rows=load_metrics(run_dir / METRICS_FILE))
-
-
-# --------------------------------------------------------------------------------------------- arms
-def arm_key(cfg: dict[str, Any]) -> tuple:
-    """(algorithm.name, trace_style, trace_anchor, policy_loss, eligibility_grad, lam, lr) of a config."""
-    return (cfg_get(cfg, "algorithm.name"),) + tuple(cfg_get(cfg, f) for f in LABEL_FIELDS.values())
-
-
-def arm_labels(keys: list[tuple]) -> dict[tuple, str]:
-    """Label per arm key: the algorithm name, plus ``(field=value, ...)`` for the fields that differ among the arms
-    sharing that name."""
-    labels = {}
-    names = list(LABEL_FIELDS)
-    for key in keys:
-        same_name = [k for k in keys if k[0] == key[0]]
-        differing = [i for i in range(len(names)) if len({k[i + 1] for k in same_name}) > 1]
-        extra = ", ".join(f"{names[i]}={fmt_value(key[i + 1])}" for i in differing)
-        labels[key] = f"{key[0]} ({extra})" if extra else str(key[0])
-    return labels
-
-
-def varying_fields(runs: list[Run]) -> dict[str, list[str]]:
-    """Config fields (dotted) whose values differ between `runs`, other than the bookkeeping ones, the seed and the
-    arm-defining ones (algorithm.*, learner.lr): possible confounders, reported as such."""
-
-    def flat(d: Any, prefix: str = "") -> dict[str, str]:
-        if not isinstance(d, dict):
-            return {prefix: json.dumps(d, sort_keys=True)}
-        out: dict[str, str] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}."))
-        return out
-
-    flats = [{k.rstrip("."): v for k, v in flat(r.config).items()} for r in runs]
-    keys = sorted(set().union(*flats)) if flats else []
-    out = {}
-    for k in keys:
-        if k.startswith(BOOKKEEPING) or k in BOOKKEEPING_EXACT:
-            continue
-        values = {f.get(k, "<missing>") for f in flats}
-        if len(values) > 1:
-            out[k] = sorted(values)
-    return out
-
-
-# --------------------------------------------------------------------------------------------- per run
-def _values(run: Run, key: str, steps: list[int]) -> list[float]:
-    return [run.rows[s][key] for s in steps if key in run.rows[s]]
-
-
-def _mean_or_none(xs: list[float]) -> float | None:
-    return statistics.fmean(xs) if xs else None
-
-
-def summarize_run(run: Run, eval_set: str, last: int) -> dict[str, Any]:
-    """The per-run numbers (formulas in the module docstring)."""
-    steps = run.training_steps()
-    rewards = _values(run, REWARD, steps)
-    grad_norms = _values(run, "learner/grad_norm", steps)
-    grad_clip = cfg_get(run.config, "learner.grad_clip") or 0.0
-    step_times = _values(run, "time/step_s", steps)
-    eval_key = f"eval/{eval_set}/avg@1"
-    evals = [(s, run.rows[s][eval_key]) for s in sorted(run.rows) if eval_key in run.rows[s]]
-    clipped = None
-    if grad_norms:
-        clipped = sum(g > grad_clip for g in grad_norms) / len(grad_norms) if grad_clip > 0 else 0.0
-    return {
-        "steps": len(steps),
-        "total_steps": run.total_steps,
-        "final_reward": _mean_or_none(rewards[-last:]),
-        "auc_reward": _mean_or_none(rewards),
-        "acc_start": evals[0][1] if evals else None,
-        "acc_start_step": evals[0][0] if evals else None,
-        "acc_final": evals[-1][1] if evals else None,
-        "acc_final_step": evals[-1][0] if evals else None,
-        "acc_mean_after_start": _mean_or_none([v for _, v in evals[1:]]),
-        "response_length": _mean_or_none(_values(run, "response/length_mean", steps)[-last:]),
-        "kl": _mean_or_none(_values(run, "learner/kl", steps)[-last:]),
-        "clip_frac": _mean_or_none(_values(run, "learner/clip_frac", steps)),
-        "grad_norm_median": statistics.median(grad_norms) if grad_norms else None,
-        "grad_clip": grad_clip,
-        "clipped_frac": clipped,
-        "wall_time_s": sum(step_times) if step_times else None,
-        "wall_time_min": sum(step_times) / 60 if step_times else None,
-    }
-
-
-# --------------------------------------------------------------------------------------------- statistics
-def mean_curve(runs: list[Run], key: str, steps_of: str = "train") -> dict[str, list]:
-    """Per step, mean ± s.e. of `key` over the runs that logged it: {step, mean, se, n} lists.
-    `steps_of` "train": training steps only; "all": every step (evaluation curves include step 0)."""
-    by_step: dict[int, list[float]] = {}
-    for run in runs:
-        steps = run.training_steps() if steps_of == "train" else sorted(run.rows)
-        for s in steps:
-            if key in run.rows[s]:
-                by_step.setdefault(s, []).append(run.rows[s][key])
-    out: dict[str, list] = {"step": [], "mean": [], "se": [], "n": []}
-    for s in sorted(by_step):
-        stat = mean_se(by_step[s])
-        out["step"].append(s)
-        out["mean"].append(stat["mean"])
-        out["se"].append(stat["se"])
-        out["n"].append(stat["n"])
-    return out
-
-
-# A t-interval needs an sd: from 2 pairs (t_{0.975,1} = 12.7 makes it wide, as it should be). Fewer: the
-# difference only. (The percentile bootstrap this replaced returned about [min d, max d] over 3 pairs.)
-MIN_SEEDS_FOR_CI = 2
-
-
-def compare(arm: list[Run], base: list[Run], metric: str, seed: int, delta: float) -> dict[str, Any]:
-    """The paired (by trainer.seed) or, without common seeds, unpaired comparison of `metric` between two arms:
-    difference, 95 % t-interval (paired t / Welch), exact sign-flip / permutation p, seeds needed (module docstring).
-    p_holm is filled in by `holm_family` once the report's family is known."""
-    a_by_seed = {r.seed: r.summary[metric] for r in arm if r.summary[metric] is not None}
-    b_by_seed = {r.seed: r.summary[metric] for r in base if r.summary[metric] is not None}
-    common = sorted(set(a_by_seed) & set(b_by_seed), key=seed_order)
-    paired = bool(common)
-    if paired:
-        a = np.array([a_by_seed[s] for s in common], dtype=float)
-        b = np.array([b_by_seed[s] for s in common], dtype=float)
-        sd = float(np.std(a - b, ddof=1)) if len(common) > 1 else None
-    else:
-        a = np.array(list(a_by_seed.values()), dtype=float)
-        b = np.array(list(b_by_seed.values()), dtype=float)
-        sd = float(math.sqrt(np.var(a, ddof=1) + np.var(b, ddof=1))) if len(a) > 1 and len(b) > 1 else None
-    has_data = bool(len(a) and len(b))
-    out: dict[str, Any] = {
-        "metric": metric,
-        "pairing": "paired by seed" if paired else "unpaired (no common seeds)" if has_data else "no data",
-        "seeds": common if paired else None,
-        "n_arm": len(a),
-        "n_baseline": len(b),
-        "mean_arm": float(a.mean()) if len(a) else None,
-        "mean_baseline": float(b.mean()) if len(b) else None,
-        "diff": float(a.mean() - b.mean()) if has_data else None,
-        "interval": "paired t" if paired else "Welch t",
-        "ci95": None,
-        "ci_excludes_0": None,
-        "sd_diff": sd,
-        "test": "exact sign-flip" if paired else "exact permutation",
-        "p": None,
-        "p_min": None,
-        "p_holm": None,
-    }
-    if sd is not None and min(len(a), len(b)) >= MIN_SEEDS_FOR_CI:
-        lo, hi = t_interval(a - b) if paired else welch_interval(a, b)
-        out.update(ci95=[lo, hi], ci_excludes_0=bool(lo > 0 or hi < 0))
-    if has_data:
-        out["p"] = sign_flip_p(a - b, seed) if paired else permutation_p(a, b, seed)
-        out["p_min"] = min_sign_flip_p(len(a)) if paired else None  # the smallest p n pairs allow
-    out["n_needed_observed"] = seeds_needed(sd, out["diff"], ALPHA, POWER, paired)
-    out["n_needed_delta"] = seeds_needed(sd, delta, ALPHA, POWER, paired)
-    out["delta"] = delta
-    return out
-
-
-def holm_family(*row_lists: list[dict[str, Any]]) -> int:
-    """Holm-adjust the p of every distinct (arm, baseline, metric) comparison in `row_lists` as one family (a
-    comparison listed twice counts once and gets one p_holm); sets each row's p_holm, returns the family size m."""
-    keys = list(dict.fromkeys((r["arm"], r["baseline"], r["metric"]) for rows in row_lists for r in rows))
-    first = {}
-    for rows in row_lists:
-        for r in rows:
-            first.setdefault((r["arm"], r["baseline"], r["metric"]), r["p"])
-    adjusted = dict(zip(keys, holm([first[k] for k in keys])))
-    for rows in row_lists:
-        for r in rows:
-            r["p_holm"] = adjusted[(r["arm"], r["baseline"], r["metric"])]
-    return sum(first[k] is not None for k in keys)
-
-
-def _signs(d: list[float], tie: float = 1e-9) -> dict[str, int]:
-    return {
-        "below": sum(v < -tie for v in d),
-        "level": sum(abs(v) <= tie for v in d),
-        "above": sum(v > tie for v in d),
-    }
-
-
-def posthoc_heldout(arms: dict[str, list[Run]], labels: list[str], base_label: str, eval_key: str,
-                    seed: int) -> dict[str, Any]:  # fmt: skip
-    """Post hoc: held-out accuracy of each arm in `labels` minus the baseline, paired by seed, at every evaluation
-    step after the first and as acc_mean_after_start (step "mean"). Rows: {arm, step, n, diff, ci95, p, below,
-    level, above}; pooled per step over all those pairs: {step, n, diff (their mean), below, level, above}."""
-    base = {r.seed: r for r in arms[base_label]}
-    labels = [lab for lab in labels if any(r.seed in base for r in arms[lab])]  # paired only
-    steps = sorted({s for r in base.values() for s in r.rows if eval_key in r.rows[s]})[1:]
-
-    def value(r: Run, step: int | str) -> float | None:
-        return r.summary["acc_mean_after_start"] if step == "mean" else r.rows.get(step, {}).get(eval_key)
-
-    rows, pooled = [], {step: [] for step in [*steps, "mean"]}
-    for label in labels:
-        for step, pool in pooled.items():
-            pairs = [(value(r, step), value(base[r.seed], step)) for r in arms[label] if r.seed in base]
-            d = [x - y for x, y in pairs if x is not None and y is not None]
-            ci = t_interval(d)
-            rows.append({"arm": label, "step": step, "n": len(d), "diff": statistics.fmean(d) if d else None,
-                         "ci95": list(ci) if ci else None, "p": sign_flip_p(d, seed), **_signs(d)})  # fmt: skip
-            pool += d
-    pooled_rows = [{"step": step, "n": len(d), "diff": statistics.fmean(d) if d else None, **_signs(d)}
-                   for step, d in pooled.items()]  # fmt: skip
-    return {"arms": labels, "baseline": base_label, "steps": steps, "rows": rows, "pooled": pooled_rows}
 
 
 def _json_safe(x: Any) -> Any:
@@ -433,87 +135,6 @@ def _json_safe(x: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- assembly
-def choose_baseline(arms: dict[str, list[Run]], baseline: str) -> tuple[str | None, str]:
-    """The baseline arm's label and a note: an exact label, or the arm named `baseline`; of several such arms the
-    one with the highest mean final_reward."""
-    if baseline in arms:
-        return baseline, ""
-    matches = [lab for lab, runs in arms.items() if cfg_get(runs[0].config, "algorithm.name") == baseline]
-    if not matches:
-        return None, f"no arm {baseline!r} among {sorted(arms)}"
-    if len(matches) == 1:
-        return matches[0], ""
-
-    def final(lab: str) -> float:
-        m = mean_se([r.summary["final_reward"] for r in arms[lab]])["mean"]
-        return -math.inf if m is None else m
-
-    best = max(matches, key=final)
-    return (
-        best,
-        f"{best}: the best of {len(matches)} {baseline!r} arms by mean final training reward ({', '.join(matches)})",
-    )
-
-
-def _final_reward(arm: dict[str, Any]) -> float:
-    m = arm["stats"]["final_reward"]["mean"]
-    return -math.inf if m is None else m
-
-
-def find_sweeps(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The sweeps among the arms: groups of >= 2 arms that share algorithm.name and every label field but one of
-    SWEPT (e.g. GRPO at three learning rates). Each: {field, name, fixed, points (sorted by value), best}, best =
-    the arm with the highest mean final_reward (training reward, the rule the baseline is chosen by)."""
-    sweeps = []
-    for fld in SWEPT:
-        groups: dict[tuple, list[dict[str, Any]]] = {}
-        for a in arms:
-            if a["fields"].get(fld) is not None:
-                fixed = tuple((k, v) for k, v in a["fields"].items() if k != fld)
-                groups.setdefault(fixed, []).append(a)
-        for fixed, members in groups.items():
-            if len(members) < 2:
-                continue
-            members = sorted(members, key=lambda a: a["fields"][fld])
-            sweeps.append({
-                "field": fld,
-                "name": dict(fixed)["name"],
-                "fixed": {k: v for k, v in fixed if k != "name"},
-                "points": [{"value": a["fields"][fld], "label": a["label"], "n": a["n"],
-                            "stats": {k: a["stats"][k] for k in SWEEP_COLUMNS}} for a in members],
-                "best": max(members, key=_final_reward)["label"],
-                "main": max(members, key=lambda a: (a["n"], _final_reward(a)))["label"],
-            })  # fmt: skip
-    return sweeps
-
-
-def curve_arms(arms: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> list[str]:
-    """The arms curves.png draws: every arm but a sweep's side points, i.e. each swept algorithm at its main
-    setting (the value with the most seeds; ties: the best). Every point's curves: sweep_curves.png."""
-    side = {pt["label"] for sw in sweeps for pt in sw["points"] if pt["label"] != sw["main"]}
-    return [a["label"] for a in arms if a["label"] not in side]
-
-
-def equal_value_comparisons(
-    sweeps: list[dict[str, Any]], arms: dict[str, list[Run]], base_name: str, args: argparse.Namespace
-) -> list[dict[str, Any]]:
-    """Each swept algorithm minus the baseline's algorithm swept over the same field, at every value both have
-    (GRPO-λ − GRPO at each lr), on EQUAL_VALUE_METRICS, paired by seed as `compare` pairs. If one algorithm only
-    looked better at the other's step size, the difference would change sign along the sweep."""
-    rows = []
-    for base in (s for s in sweeps if s["name"] == base_name):
-        base_at = {p["value"]: p["label"] for p in base["points"]}
-        for sw in sweeps:
-            if sw["field"] != base["field"] or sw["name"] == base_name:
-                continue
-            for p in sw["points"]:
-                if p["value"] not in base_at:
-                    continue
-                for metric in EQUAL_VALUE_METRICS:
-                    c = compare(arms[p["label"]], arms[base_at[p["value"]]], metric, args.seed, args.delta)
-                    rows.append({"field": sw["field"], "value": p["value"], "arm": p["label"],
-                                 "baseline": base_at[p["value"]], **c})  # fmt: skip
-    return rows
 
 
 def build_report(folders: list[Path], args: argparse.Namespace) -> tuple[dict[str, Any], list[Run]]:

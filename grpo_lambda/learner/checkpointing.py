@@ -11,6 +11,7 @@ Multi-node: ckpt_dir must be a shared filesystem.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -132,3 +133,28 @@ def digest_state(digest, obj, depth: int = 0) -> None:
         digest_state(digest, vars(obj), depth + 1)
     else:
         digest.update(type(obj).__name__.encode())
+
+
+def param_checksum(engine) -> str:
+    """sha256 over every full parameter of `engine.module` (name, dtype, shape, bytes); equal on all ranks iff they
+    agree."""
+    from .weights import full_named_tensors
+
+    digest = hashlib.sha256()
+    for name, value in sorted(full_named_tensors(engine.module, on_this_rank=True), key=lambda kv: kv[0]):
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def optimizer_checksum(engine) -> str:
+    """sha256 of this rank's optimiser state (its ZeRO partition: fp32 master weights, moments and step counts,
+    loss scaler) and LR schedule: what the next update depends on, which a skipped step leaves unchanged.
+    Left out: DeepSpeed's record of how the last step went (`overflow`) and ZeRO-0 bf16's count of the steps
+    attempted (`cur_iter` of its static loss scale 1), which move on a skipped step by design."""
+    digest = hashlib.sha256()
+    state = engine.optimizer.state_dict()
+    digest_state(digest, {k: v for k, v in state.items() if k not in ("overflow", "cur_iter")})
+    if engine.lr_scheduler is not None:
+        digest_state(digest, engine.lr_scheduler.state_dict())
+    return digest.hexdigest()

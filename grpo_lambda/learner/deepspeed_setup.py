@@ -241,3 +241,42 @@ def check_accumulation_boundary(engine, index: int, num_micro: int) -> None:
             f"is out of step with micro-batch {index + 1}/{num_micro}: its batch sizes or micro-step counter disagree "
             "with this mini-batch (was a previous train_step interrupted?)"
         )
+
+
+def default_single_process_env(world_size: int) -> None:
+    """A one-rank learner without a launcher: a local rendezvous (MASTER_ADDR, a free port, rank 0 of 1)."""
+    if world_size == 1 and "MASTER_ADDR" not in os.environ:
+        from grpo_lambda.distributed.rendezvous import Rendezvous, find_free_port
+
+        os.environ.update(Rendezvous("127.0.0.1", find_free_port(), 1).env(0))
+
+
+def select_device() -> torch.device:
+    """The CPU, or this rank's GPU (sets LOCAL_RANK and the current CUDA device)."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    # Ray gives each actor its own CUDA_VISIBLE_DEVICES: with one visible device it is cuda:0 whatever the
+    # node-local rank, and DeepSpeed picks the device from LOCAL_RANK.
+    local = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.device_count() > 1 else 0
+    os.environ["LOCAL_RANK"] = str(local)
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def any_rank(flag: bool, device: torch.device, world_size: int) -> bool:
+    """Whether `flag` is true on any data-parallel rank (an all-reduce; every rank must call it)."""
+    import torch.distributed as dist
+
+    if world_size == 1 or not dist.is_initialized():
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def reduced_grad_norm(params) -> float:
+    """‖g‖₂ of the (already all-reduced) full gradients of `params`; used where DeepSpeed keeps no global norm."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))

@@ -15,7 +15,6 @@ gradient is not finite on any rank is skipped on every rank, weights and optimis
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -30,21 +29,24 @@ from grpo_lambda.compat import deepspeed_records_grad_norm, full_numel
 from grpo_lambda.config.schema import Config
 
 from .batch import LearnerBatch, MiniBatchCounts, pad_response_dim, split_batch
-from .checkpointing import digest_state, load_engine_checkpoint, save_engine_checkpoint
+from .checkpointing import load_engine_checkpoint, optimizer_checksum, param_checksum, save_engine_checkpoint
 from .deepspeed_setup import (
+    any_rank,
     backward_scale,
     build_ds_config,
     check_accumulation_boundary,
+    default_single_process_env,
     end_unchecked_skip,
     init_distributed,
     initialize_engine,
     initialize_inference_engine,
+    reduced_grad_norm,
+    select_device,
     set_batch_sizes,
     skip_unchecked_step,
 )
-from .metrics import TokenWeighted
+from .metrics import StepTally, TokenWeighted
 from .model import attention_implementation, load_causal_lm, response_logp
-from .packing import packed_positions
 from .token_budget import Plan
 from .weights import full_named_tensors, tied_lm_head
 
@@ -73,8 +75,8 @@ class LearnerWorker:
         t0 = time.perf_counter()
         if env:
             os.environ.update(env)
-        self._default_single_process_env()
-        self.device = self._select_device()
+        default_single_process_env(self.world_size)
+        self.device = select_device()
         from grpo_lambda.distributed.rendezvous import default_backend
 
         learner, model_cfg = cfg.learner, cfg.model
@@ -112,22 +114,6 @@ class LearnerWorker:
             "ld_preload": os.environ.get("LD_PRELOAD", ""),
             "init_s": time.perf_counter() - t0,
         }
-
-    def _default_single_process_env(self) -> None:
-        if self.world_size == 1 and "MASTER_ADDR" not in os.environ:
-            from grpo_lambda.distributed.rendezvous import Rendezvous, find_free_port
-
-            os.environ.update(Rendezvous("127.0.0.1", find_free_port(), 1).env(0))
-
-    def _select_device(self) -> torch.device:
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        # Ray gives each actor its own CUDA_VISIBLE_DEVICES: with one visible device it is cuda:0 whatever the
-        # node-local rank, and DeepSpeed picks the device from LOCAL_RANK.
-        local = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.device_count() > 1 else 0
-        os.environ["LOCAL_RANK"] = str(local)
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
 
     def _require_init(self) -> None:
         if self.engine is None:
@@ -189,11 +175,39 @@ class LearnerWorker:
         """
         self._require_init()
         t0 = time.perf_counter()
-        loss_cfg, epochs = self.cfg.algorithm, self.cfg.learner.epochs_per_batch
-        packed = self.cfg.learner.pack_groups
+        epochs = self.cfg.learner.epochs_per_batch
         minis = split_batch(
             shard, mini_batch_samples // self.world_size, what="mini_batch_samples / world_size"
         )
+        self._check_step_inputs(shard, minis, counts, micro_plans)
+        if micro_plans is None:
+            set_batch_sizes(self.engine, mini_batch_samples, micro_batch_samples)
+        lr = self.engine.get_lr()[0]  # the LR of this step's first update
+        self.engine.train()
+        tally = StepTally()
+        for update_index, m in enumerate(m for _ in range(epochs) for m in range(len(minis))):
+            if micro_plans is None:
+                micros = split_batch(minis[m], micro_batch_samples)
+            else:
+                micros = [minis[m].select(rows) for rows in micro_plans[m]]
+            update, update_loss = TokenWeighted(), 0.0  # this update's, kept only if it is applied
+            for i, mb in enumerate(micros):
+                update_loss, metrics, manual_norm = self._micro_step(
+                    mb, counts[m], (i, len(micros)), update_loss, tally,
+                    explicit=micro_plans is not None, diagnose=update_index == 0,
+                )  # fmt: skip
+                update.add(metrics, float(metrics.pop("learner/num_tokens")))
+            tally.end_update(self.engine, update, update_loss, manual_norm)
+        if micro_plans is not None:
+            self.engine.set_gradient_accumulation_boundary(None)  # back to DeepSpeed's own micro-step counter
+        self.num_updates += tally.applied
+        self.num_skipped += tally.skipped
+        return tally.metrics(update, epochs, lr, self.num_updates, self.num_skipped) | {
+            "learner/update_s": time.perf_counter() - t0
+        }
+
+    def _check_step_inputs(self, shard, minis, counts, micro_plans) -> None:
+        epochs = self.cfg.learner.epochs_per_batch
         if len(counts) != len(minis):
             raise ValueError(f"got {len(counts)} MiniBatchCounts for {len(minis)} mini-batches")
         if shard.old_logp is None and len(minis) * epochs > 1:
@@ -201,93 +215,57 @@ class LearnerWorker:
                 f"{len(minis)} mini-batches x {epochs} epochs need old_logp from before the first update: compute "
                 "it with compute_logp(batch) first"
             )
-        if loss_cfg.kl_coef > 0 and shard.ref_logp is None:
+        if self.cfg.algorithm.kl_coef > 0 and shard.ref_logp is None:
             raise ValueError(
                 "kl_coef > 0 needs ref_logp: compute_logp(batch, reference=True) before train_step"
             )
-        if micro_plans is None:
-            set_batch_sizes(self.engine, mini_batch_samples, micro_batch_samples)
-        elif len(micro_plans) != len(minis):
+        if micro_plans is not None and len(micro_plans) != len(minis):
             raise ValueError(f"got {len(micro_plans)} micro-batch plans for {len(minis)} mini-batches")
-        lr = self.engine.get_lr()[0]  # the LR of this step's first update
-        self.engine.train()
-        loss_metrics, mismatch = TokenWeighted(), TokenWeighted()  # mismatch: engine vs learner at θ = θ_old
-        loss_total = grad_norm_total = 0.0
-        positions = real_positions = applied = skipped = 0
-        for update_index, m in enumerate(m for _ in range(epochs) for m in range(len(minis))):
-            mini, count = minis[m], counts[m]
-            if micro_plans is None:
-                micros = split_batch(mini, micro_batch_samples)
-            else:
-                micros = [mini.select(rows) for rows in micro_plans[m]]
-            manual_norm = None
-            update_metrics, update_loss = TokenWeighted(), 0.0  # this update's, kept only if it is applied
-            for i, mb in enumerate(micros):
-                last = i == len(micros) - 1
-                if micro_plans is None:
-                    check_accumulation_boundary(self.engine, i, len(micros))
-                else:  # variable micro-batch sizes: the boundary is ours to say
-                    self.engine.set_gradient_accumulation_boundary(last)
-                mb = mb.compact().to(self.device)
-                computed, real = (
-                    packed_positions(mb) if packed else (mb.input_ids.numel(), int(mb.attention_mask.sum()))
-                )
-                positions, real_positions = positions + computed, real_positions + real
-                loss, metrics, logp = self._loss(mb, count)
-                if update_index == 0 and mb.behaviour_logp is not None:
-                    diag = behaviour_mismatch(logp, mb.behaviour_logp, mb.response_mask)
-                    mismatch.add(diag, float(mb.response_mask.sum()))
-                update_loss += float(loss.detach())
-                if last and not math.isfinite(update_loss):
-                    # A non-finite loss on this rank must not be applied even if its gradients came out finite:
-                    # make them NaN. The gradient reduction carries them to every rank, whose DeepSpeed optimiser
-                    # then finds the global norm non-finite and skips the step (all ranks alike).
-                    loss = loss * float("nan")
-                # The loss is this micro-batch's exact share: undo DeepSpeed's 1/GAS and its average over ranks.
-                self.engine.backward(loss * backward_scale(self.world_size), scale_wrt_gas=False)
-                if last and not deepspeed_records_grad_norm(self.engine.optimizer):
-                    # ZeRO-0 fp32: a plain torch optimiser, which DeepSpeed does not check; the norm is of the
-                    # all-reduced gradients, and the ranks agree on the skip explicitly all the same.
-                    manual_norm = self._reduced_grad_norm()  # measured before step() clears the gradients
-                    if self._any_rank(not math.isfinite(manual_norm)):
-                        skip_unchecked_step(self.engine)
-                try:
-                    self.engine.step()
-                finally:
-                    if last and manual_norm is not None:
-                        end_unchecked_skip(self.engine)
-                num_tokens = float(metrics.pop("learner/num_tokens"))
-                update_metrics.add(metrics, num_tokens)
-            if self.engine.was_step_applied():
-                norm = self.engine.get_global_grad_norm() if manual_norm is None else manual_norm
-                grad_norm_total += float(norm) if norm is not None else float("nan")
-                loss_total += update_loss
-                loss_metrics.merge(update_metrics)
-                applied += 1
-            else:  # weights, optimiser state and LR schedule are as they were before this update
-                skipped += 1
-        if micro_plans is not None:
-            self.engine.set_gradient_accumulation_boundary(None)  # back to DeepSpeed's own micro-step counter
-        self.num_updates, self.num_skipped = self.num_updates + applied, self.num_skipped + skipped
-        # Loss, grad norm and loss metrics describe the applied updates only (a skipped update's would be inf/NaN
-        # and poison every average); with none applied they are NaN (null in metrics.jsonl). docs/faults.md
-        nan = float("nan")
-        means = loss_metrics.means() if applied else dict.fromkeys(update_metrics.sums, nan)
-        return {
-            **means,
-            **mismatch.means(),
-            "learner/loss": loss_total / applied if applied else nan,
-            "learner/num_tokens": loss_metrics.tokens
-            / epochs,  # of applied updates: weights the ranks' means
-            "learner/grad_norm": grad_norm_total / applied if applied else nan,
-            "learner/lr": lr,
-            "learner/num_updates": float(applied + skipped),
-            "learner/updates_total": float(self.num_updates),
-            "learner/skipped_steps": float(skipped),
-            "learner/skipped_steps_total": float(self.num_skipped),
-            "learner/padding_frac": 1.0 - real_positions / max(positions, 1),  # of the positions computed
-            "learner/update_s": time.perf_counter() - t0,
-        }
+
+    def _micro_step(
+        self, mb, count, position, update_loss, tally, *, explicit: bool, diagnose: bool
+    ) -> tuple[float, dict, float | None]:
+        """Forward and backward of micro-batch i of n (`position`) of one update, then `engine.step()`, which
+        applies the update at the accumulation boundary (the last micro-batch; `explicit`: variable micro-batch
+        sizes, the boundary is ours to say). Returns the update's loss so far, this micro-batch's loss metrics and
+        the gradient norm `_step` measured (None where DeepSpeed keeps it)."""
+        i, n = position
+        last = i == n - 1
+        if explicit:
+            self.engine.set_gradient_accumulation_boundary(last)
+        else:
+            check_accumulation_boundary(self.engine, i, n)
+        mb = mb.compact().to(self.device)
+        tally.count_positions(mb, self.cfg.learner.pack_groups)
+        loss, metrics, logp = self._loss(mb, count)
+        if diagnose and mb.behaviour_logp is not None:  # engine vs learner at θ = θ_old, first update only
+            diag = behaviour_mismatch(logp, mb.behaviour_logp, mb.response_mask)
+            tally.mismatch.add(diag, float(mb.response_mask.sum()))
+        update_loss += float(loss.detach())
+        if last and not math.isfinite(update_loss):
+            # A non-finite loss on this rank must not be applied even if its gradients came out finite: make them
+            # NaN. The gradient reduction carries them to every rank, whose DeepSpeed optimiser then finds the
+            # global norm non-finite and skips the step (all ranks alike).
+            loss = loss * float("nan")
+        # The loss is this micro-batch's exact share: undo DeepSpeed's 1/GAS and its average over ranks.
+        self.engine.backward(loss * backward_scale(self.world_size), scale_wrt_gas=False)
+        return update_loss, metrics, self._step(last)
+
+    def _step(self, last: bool) -> float | None:
+        """`engine.step()`. At the boundary on ZeRO-0 fp32 (a plain torch optimiser, which DeepSpeed does not
+        check) the norm of the all-reduced gradients is measured first and a non-finite one on any rank skips the
+        update on every rank; returns that norm, else None."""
+        manual_norm = None
+        if last and not deepspeed_records_grad_norm(self.engine.optimizer):
+            manual_norm = reduced_grad_norm(self._trainable())  # measured before step() clears the gradients
+            if any_rank(not math.isfinite(manual_norm), self.device, self.world_size):
+                skip_unchecked_step(self.engine)
+        try:
+            self.engine.step()
+        finally:
+            if manual_norm is not None:
+                end_unchecked_skip(self.engine)
+        return manual_norm
 
     def _loss(self, mb: LearnerBatch, count: MiniBatchCounts) -> tuple[Tensor, dict, Tensor]:
         """This micro-batch's share of its mini-batch's loss (forward pass), the loss metrics and log π_θ."""
@@ -310,23 +288,6 @@ class LearnerWorker:
             behaviour_logp=mb.behaviour_logp,  # used only with algorithm.behaviour_is != none
         )
         return loss, metrics, logp
-
-    def _any_rank(self, flag: bool) -> bool:
-        """Whether `flag` is true on any data-parallel rank (an all-reduce; every rank must call it)."""
-        import torch.distributed as dist
-
-        if self.world_size == 1 or not dist.is_initialized():
-            return flag
-        value = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
-
-    def _reduced_grad_norm(self) -> float:
-        """‖g‖₂ of the (already all-reduced) full gradients; used where DeepSpeed keeps no global norm."""
-        grads = [p.grad for p in self._trainable() if p.grad is not None]
-        if not grads:
-            return 0.0
-        return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
 
     # ------------------------------------------------------------------------------------------- weights out
     def gather_state_dict(self) -> dict[str, Tensor] | None:
@@ -375,29 +336,14 @@ class LearnerWorker:
         return self._sync.send(tensors, version).as_dict()
 
     def param_checksum(self) -> str:
-        """sha256 over every full parameter (name, dtype, shape, bytes); equal on all ranks iff they agree."""
+        """sha256 over every full parameter (checkpointing.param_checksum); equal on all ranks iff they agree."""
         self._require_init()
-        digest = hashlib.sha256()
-        for name, value in sorted(
-            full_named_tensors(self.engine.module, on_this_rank=True), key=lambda kv: kv[0]
-        ):
-            digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-            digest.update(value.contiguous().view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+        return param_checksum(self.engine)
 
     def optimizer_checksum(self) -> str:
-        """sha256 of this rank's optimiser state (its ZeRO partition: fp32 master weights, moments and step counts,
-        loss scaler) and LR schedule: what the next update depends on, which a skipped step leaves unchanged.
-        Left out: DeepSpeed's record of how the last step went (`overflow`) and ZeRO-0 bf16's count of the steps
-        attempted (`cur_iter` of its static loss scale 1), which move on a skipped step by design."""
+        """sha256 of this rank's optimiser state and LR schedule (checkpointing.optimizer_checksum)."""
         self._require_init()
-        digest = hashlib.sha256()
-        state = self.engine.optimizer.state_dict()
-        state = {k: v for k, v in state.items() if k not in ("overflow", "cur_iter")}
-        digest_state(digest, state)
-        if self.engine.lr_scheduler is not None:
-            digest_state(digest, self.engine.lr_scheduler.state_dict())
-        return digest.hexdigest()
+        return optimizer_checksum(self.engine)
 
     # ------------------------------------------------------------------------------------------- checkpoint
     def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict | None = None) -> str:

@@ -253,7 +253,7 @@ def test_holm_runs_over_every_comparison_of_the_report(report):
     rep, _ = report
     rows = rep["comparisons"]  # no equal-value rows here (GRPO was run at one lr): the family is these 6
     assert rep["settings"]["holm_m"] == len(rows) == 6
-    assert [r["p_holm"] for r in rows] == pytest.approx(sr.holm([r["p"] for r in rows]))
+    assert [r["p_holm"] for r in rows] == pytest.approx(ss.holm([r["p"] for r in rows]))
     assert all(r["p_holm"] >= r["p"] for r in rows)
     md = sr.comparison_markdown(rep)
     assert "Holm p (m = 6)" in md and "sign-flip p" in md and "95% t-interval" in md
@@ -280,8 +280,8 @@ def test_bootstrap_flag_is_accepted_and_ignored():
 def test_statistics_helpers():
     assert sr.steps_to_reach([1, 2, 3, 4], [0.0, 1.0, 1.0, 1.0], 1.0, 2) == 3
     assert sr.steps_to_reach([1, 2], [0.0, 0.1], 1.0, 5) is None
-    assert sr.seeds_needed(0.1, 0.03) == 90  # normal approximation: 87.2; the t-test needs a few more
-    assert sr.seeds_needed(0.1, 0.0) is None and sr.seeds_needed(None, 0.03) is None
+    assert ss.seeds_needed(0.1, 0.03) == 90  # normal approximation: 87.2; the t-test needs a few more
+    assert ss.seeds_needed(0.1, 0.0) is None and ss.seeds_needed(None, 0.03) is None
     assert sr.mean_se([1.0, None]) == {"mean": 1.0, "se": None, "n": 1}
 
 
@@ -427,7 +427,10 @@ def test_a_sweeps_main_setting_is_the_value_with_most_seeds_then_the_best():
     def arm(lam, n, reward):
         fields = {"name": "h", "trace_style": "both", "trace_anchor": "horizon", "policy_loss": "trace",
                   "eligibility_grad": True, "lam": lam, "lr": 3e-5}  # fmt: skip
-        stats = {k: {"mean": reward if k == "final_reward" else 0.0, "se": None} for k in sr.SWEEP_COLUMNS}
+        stats = {
+            k: {"mean": reward if k == "final_reward" else 0.0, "se": None}
+            for k in sys.modules["study_render"].SWEEP_COLUMNS
+        }
         return {"label": f"h (lam={lam})", "fields": fields, "n": n, "stats": stats}
 
     arms = [arm(0.0, 1, 0.6), arm(0.9, 1, 0.5), arm(0.99, 3, 0.4), {**arm(0.5, 1, 0.9), "label": "other"}]
