@@ -195,7 +195,8 @@ def extract_answer(
         "math": _extractor(answer_format, lambda text: extract_math_answer(text, fallback)),
         "gsm8k": _extractor(answer_format, extract_gsm8k_answer),
         "format": lambda text: last_boxed(response_tail(text)),
-    }.get(answer_verifier(verifier))
+        "chain": lambda text: last_boxed(response_tail(text)),  # verify_chain reads the box only
+    }.get(verifier)
     if extract is None:
         get_verifier(verifier)  # raises, naming the registered verifiers
     try:

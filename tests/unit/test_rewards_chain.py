@@ -82,6 +82,9 @@ def test_the_pool_passes_the_problem_to_the_subprocess_and_answers_compare_as_nu
     assert metrics["verifier/first_error/answer_rate"] == 0.5 and metrics["verifier/correct_rate"] == 0.5
     assert not any("first_error" in k for k in outcome_metrics(results[:1]))  # nothing failed: no places
     assert extract_answer(RESPONSE, "chain") == "7"
+    assert (
+        extract_answer(f"{STEPS}\nAnswer: 7", "chain") is None
+    )  # what the verifier reads: the box, nothing else
     assert answer_verifier("chain") == "gsm8k" and answer_verifier("math") == "math"
 
 
